@@ -1,0 +1,52 @@
+# make demo: the whole gated SSH login on the built-in emulator.  make test: lint + the test suite.
+# Both do their own set-up: a .venv from the pinned requirements and the apt packages they need.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+SHIM   := build/shim.pyz
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo demo-interactive test lint format shim system-packages clean
+
+demo: $(STAMP) system-packages shim
+	$(BIN)/python -m tests.demo
+
+demo-interactive: $(STAMP) system-packages shim
+	$(BIN)/python -m tests.demo --interactive
+
+test: $(STAMP) system-packages shim lint
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+shim: $(SHIM)
+
+$(SHIM): $(wildcard sshshim/*.py)
+	@mkdir -p build/shim-src
+	rm -rf build/shim-src/sshshim && cp -r sshshim build/shim-src/ && rm -rf build/shim-src/sshshim/__pycache__
+	$(PYTHON) -m zipapp build/shim-src -m 'sshshim.__main__:main' -p '/usr/bin/python3 -I' -o $(SHIM)
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+# openssh-server for the real sshd the tests and the demo start (never enabled as a system service).
+system-packages:
+	@if [ ! -x /usr/sbin/sshd ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-server openssh-client >/dev/null; \
+	  else \
+	    echo "openssh-server is missing: run 'sudo apt-get install openssh-server' and try again" >&2; exit 1; \
+	  fi; \
+	fi
+
+clean:
+	rm -rf build $(VENV) *.egg-info
