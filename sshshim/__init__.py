@@ -1,0 +1,1 @@
+"""The login shim sshd runs as the user (ForceCommand): standard library only."""
