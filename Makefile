@@ -27,10 +27,12 @@ format: $(STAMP)
 
 shim: $(SHIM)
 
+# The archive's own __main__ exits with main()'s status (zipapp -m would drop it: a deny must exit 1).
 $(SHIM): $(wildcard sshshim/*.py)
-	@mkdir -p build/shim-src
-	rm -rf build/shim-src/sshshim && cp -r sshshim build/shim-src/ && rm -rf build/shim-src/sshshim/__pycache__
-	$(PYTHON) -m zipapp build/shim-src -m 'sshshim.__main__:main' -p '/usr/bin/python3 -I' -o $(SHIM)
+	rm -rf build/shim-src && mkdir -p build/shim-src
+	cp -r sshshim build/shim-src/ && rm -rf build/shim-src/sshshim/__pycache__
+	printf 'import sys\nfrom sshshim.__main__ import main\nsys.exit(main())\n' > build/shim-src/__main__.py
+	$(PYTHON) -m zipapp build/shim-src -p '/usr/bin/python3 -I' -o $(SHIM)
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
