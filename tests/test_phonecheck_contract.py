@@ -10,7 +10,7 @@ import requests
 from webserver.config import ConfigError, load_credentials
 from webserver.phonecheck import ApiUnreachable, PhoneCheckClient, PhoneCheckError, base_url_for
 
-from .conftest import write_tru_json
+from .conftest_helpers import write_tru_json
 from .emulator_fixture import VENV_BIN, Emulator, open_on_phone
 from .processes import free_port
 

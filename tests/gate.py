@@ -1,0 +1,277 @@
+"""A whole gated deployment on loopback (emulator, service, real sshd) and verbs to log in with."""
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import requests
+
+from webserver.sshd_install import render_dropin
+
+from .conftest_helpers import write_tru_json
+from .emulator_fixture import VENV_BIN, Emulator
+from .processes import ServerProcess, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+SHIM_BUILD = REPO / "build" / "shim.pyz"
+CHECK_URL = re.compile(r"https?://\S+/phone_check/v0\.2/checks/[0-9a-f-]{36}/redirect")
+USERS = {"sa-alice": "447700900123", "sa-bob": "447700900456", "sa-carol": None}
+
+
+def run(*argv, **kwargs) -> subprocess.CompletedProcess:
+    """Run a command, failing loudly with its output."""
+    return subprocess.run(argv, check=True, capture_output=True, text=True, **kwargs)
+
+
+def ensure_user(name: str, public_key: str) -> None:
+    """A real account that sshd accepts with our test key (password field '*', not locked)."""
+    try:
+        run("id", name)
+    except subprocess.CalledProcessError:
+        run("useradd", "--create-home", "--shell", "/bin/bash", name)
+    run("usermod", "-p", "*", name)
+    home = Path(f"/home/{name}")
+    ssh_dir = home / ".ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    (ssh_dir / "authorized_keys").write_text(public_key)
+    os.chmod(ssh_dir / "authorized_keys", 0o600)
+    shutil.chown(ssh_dir, name, name)
+    shutil.chown(ssh_dir / "authorized_keys", name, name)
+
+
+class Session:
+    """One `ssh` client process, its output collected as it arrives."""
+
+    def __init__(self, argv: list[str], stdin=subprocess.DEVNULL):
+        self.process = subprocess.Popen(
+            argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        )
+        self.out, self.err = bytearray(), bytearray()
+        self._threads = [
+            threading.Thread(target=self._pump, args=(s, b), daemon=True)
+            for s, b in ((self.process.stdout, self.out), (self.process.stderr, self.err))
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @staticmethod
+    def _pump(stream, buffer):
+        while chunk := stream.read1(65536):
+            buffer.extend(chunk)
+
+    def text(self) -> str:
+        """Everything the user has seen so far (terminal and stderr)."""
+        return (bytes(self.out) + bytes(self.err)).decode(errors="replace")
+
+    def wait_for(self, pattern: re.Pattern | str, timeout: float = 20.0) -> re.Match:
+        """The first match of pattern in what the user sees, or an AssertionError with it all."""
+        pattern = re.compile(pattern) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = pattern.search(self.text())
+            if found:
+                return found
+            if self.process.poll() is not None:
+                time.sleep(0.1)
+                found = pattern.search(self.text())
+                if found:
+                    return found
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"{pattern.pattern!r} never appeared; the user saw:\n{self.text()}")
+
+    def check_url(self, timeout: float = 20.0) -> str:
+        """The check URL printed under the QR."""
+        return self.wait_for(CHECK_URL, timeout).group(0)
+
+    def finish(self, timeout: float = 30.0) -> tuple[int, bytes, str]:
+        """(exit status, stdout bytes, stderr text) once the client has exited."""
+        self.process.wait(timeout=timeout)
+        for thread in self._threads:
+            thread.join(timeout=5)
+        return self.process.returncode, bytes(self.out), bytes(self.err).decode(errors="replace")
+
+    def signal(self, number: int) -> None:
+        """Send a signal to the ssh client."""
+        self.process.send_signal(number)
+
+    def kill(self) -> None:
+        """Make sure the client is gone."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+class Gate:
+    """Emulator + ssh-auth-server + a real sshd with the installer's drop-in, on loopback."""
+
+    def __init__(
+        self,
+        emulator: Emulator,
+        settings: dict | None = None,
+        users: dict | None = None,
+        sshd_options: dict | None = None,
+    ):
+        self.emulator = emulator
+        self.settings = settings or {}
+        self.users = USERS if users is None else users
+        self.sshd_options = sshd_options or {}
+        self.stack = ExitStack()
+
+    # --- set-up ---------------------------------------------------------------------------
+
+    def __enter__(self) -> "Gate":
+        try:
+            self._deploy()
+        except BaseException:
+            self.stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stack.close()
+
+    def _deploy(self) -> None:
+        # Short, root-owned, world-traversable: the shim runs as the login user, and the
+        # socket path must stay under 108 bytes.
+        self.root = Path(tempfile.mkdtemp(prefix="sa-", dir="/tmp"))
+        self.stack.callback(shutil.rmtree, self.root, ignore_errors=True)
+        os.chmod(self.root, 0o755)
+        for sub in ("lib", "run", "etc", "log"):
+            (self.root / sub).mkdir(mode=0o755)
+        os.chmod(self.root / "etc", 0o700)
+        self.shim = self.root / "lib" / "shim.pyz"
+        shutil.copyfile(SHIM_BUILD, self.shim)
+        os.chmod(self.shim, 0o644)
+        self.socket = self.root / "run" / "ssh-auth.sock"
+        self.key = self.root / "etc" / "id_ed25519"
+        run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key))
+        public_key = (self.root / "etc" / "id_ed25519.pub").read_text()
+        for user in self.users:
+            ensure_user(user, public_key)
+        self.start_service()
+        self._start_sshd()
+
+    def write_config(self) -> Path:
+        """ssh-auth.conf for this deployment: settings first, then the registry lines."""
+        self.webhook_port = getattr(self, "webhook_port", None) or free_port()
+        tru_json = write_tru_json(self.root / "etc" / "tru.json")
+        lines = {
+            "public_url": f"http://127.0.0.1:{self.webhook_port}",
+            "listen": f"127.0.0.1:{self.webhook_port}",
+            "socket": str(self.socket),
+            "credentials": str(tru_json),
+            "api_base_url": self.emulator.url,
+            "max_checks_per_user": "1000",
+            **self.settings,
+        }
+        text = "".join(f"{k} = {v}\n" for k, v in lines.items())
+        text += "".join(f"user={u}:{p}\n" for u, p in self.users.items() if p)
+        self.config = self.root / "etc" / "ssh-auth.conf"
+        self.config.write_text(text)
+        os.chmod(self.config, 0o640)
+        return self.config
+
+    def start_service(self) -> None:
+        """Start ssh-auth-server; ready when its webhook answers and its socket exists."""
+        config = self.write_config()
+        self.service = ServerProcess(
+            [str(VENV_BIN / "ssh-auth-server"), "--config", str(config)],
+            self.root / "log" / "service.log",
+            ready=self._service_ready,
+        )
+        self.service.start()
+        self.stack.callback(self.service.stop)
+
+    def _service_ready(self, _server) -> bool:
+        healthy = requests.get(f"http://127.0.0.1:{self.webhook_port}/healthz", timeout=1).ok
+        return healthy and self.socket.exists()
+
+    def _start_sshd(self) -> None:
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        host_key = self.root / "etc" / "host_ed25519"
+        run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key))
+        dropin = self.root / "etc" / "ssh-auth-dropin.conf"
+        dropin.write_text(render_dropin(shim=str(self.shim), socket=str(self.socket)))
+        base = (REPO / "sshd_config").read_text()
+        config = self.root / "etc" / "sshd_config"
+        config.write_text(f"Include {dropin}\n" + re.sub(r"(?m)^Include .*\n", "", base))
+        self.port = free_port()
+        options = {
+            "Port": self.port,
+            "ListenAddress": "127.0.0.1",
+            "HostKey": host_key,
+            "PidFile": self.root / "run" / "sshd.pid",
+            "PasswordAuthentication": "no",
+            "MaxStartups": "400:30:500",
+            "LogLevel": "VERBOSE",
+            **self.sshd_options,
+        }
+        argv = ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)]
+        for name, value in options.items():
+            argv += ["-o", f"{name}={value}"]
+        self.sshd = ServerProcess(argv, self.root / "log" / "sshd.log", ready=self._sshd_ready)
+        self.sshd.start()
+        self.stack.callback(self.sshd.stop)
+
+    def _sshd_ready(self, _server) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+            return conn.recv(4).startswith(b"SSH-")
+
+    # --- user actions ---------------------------------------------------------------------
+
+    def ssh_argv(
+        self, user: str, command: str | None = None, tty: bool = False, options: tuple = ()
+    ) -> list[str]:
+        """The real OpenSSH client's command line for a login to this gate."""
+        argv = [
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-p",
+            str(self.port),
+            "-i",
+            str(self.key),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "ConnectTimeout=10",
+            *options,
+        ]
+        if tty:
+            argv.append("-tt")
+        argv.append(f"{user}@127.0.0.1")
+        if command is not None:
+            argv.append(command)
+        return argv
+
+    def ssh(
+        self,
+        user: str,
+        command: str | None = None,
+        tty: bool = False,
+        options: tuple = (),
+        stdin=subprocess.DEVNULL,
+    ) -> Session:
+        """Start an SSH login as user (running command, if given)."""
+        return Session(self.ssh_argv(user, command, tty, options), stdin=stdin)
+
+    def restart_service(self) -> None:
+        """Stop and start ssh-auth-server with the same configuration."""
+        self.service.stop()
+        self.service.start()
