@@ -15,7 +15,7 @@ def clean(text) -> str:
 
 
 def _speaks_utf8() -> bool:
-    if os.environ.get("TERM", "") in ("", "dumb"):
+    if os.environ.get("TERM") == "dumb":  # no TERM at all is normal without a tty
         return False
     for name in ("LC_ALL", "LC_CTYPE", "LANG"):
         value = os.environ.get(name)
@@ -41,7 +41,8 @@ class Terminal:
                 fd = os.open("/dev/tty", os.O_WRONLY | os.O_NOCTTY)
                 size = os.get_terminal_size(fd)
                 stream = os.fdopen(fd, "w", encoding="utf-8", errors="replace")
-                return cls(stream, True, size.columns, size.lines, _speaks_utf8())
+                # A pty nobody sized (ssh -tt from a script) reports 0 x 0.
+                return cls(stream, True, size.columns or 80, size.lines or 24, _speaks_utf8())
             except OSError:
                 pass
         return cls(sys.stderr, False, 80, 24, _speaks_utf8())

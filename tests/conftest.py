@@ -29,3 +29,18 @@ def credentials(tmp_path):
 @pytest.fixture
 def client(emulator, credentials):
     return PhoneCheckClient(credentials, emulator.url, timeout=(1.0, 1.5))
+
+
+@pytest.fixture(scope="session")
+def gate_server(emulator_server):
+    """The default deployment: emulator + service + real sshd, shared by the login tests."""
+    from .gate import Gate
+
+    with Gate(emulator_server) as gate:
+        yield gate
+
+
+@pytest.fixture
+def gate(gate_server, emulator):
+    yield gate_server
+    gate_server.end_sessions()

@@ -1,5 +1,7 @@
 """A whole gated deployment on loopback (emulator, service, real sshd) and verbs to log in with."""
 
+import atexit
+import functools
 import os
 import re
 import shutil
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import requests
 
+from emulator.phone import Phone, page_forms
 from webserver.sshd_install import render_dropin
 
 from .conftest_helpers import write_tru_json
@@ -44,6 +47,15 @@ def ensure_user(name: str, public_key: str) -> None:
     os.chmod(ssh_dir / "authorized_keys", 0o600)
     shutil.chown(ssh_dir, name, name)
     shutil.chown(ssh_dir / "authorized_keys", name, name)
+
+
+@functools.cache
+def client_key() -> Path:
+    """One client key for every gate of this run (each writes it to the users' authorized_keys)."""
+    directory = Path(tempfile.mkdtemp(prefix="sa-key-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(directory / "id_ed25519"))
+    return directory / "id_ed25519"
 
 
 class Session:
@@ -93,9 +105,10 @@ class Session:
 
     def finish(self, timeout: float = 30.0) -> tuple[int, bytes, str]:
         """(exit status, stdout bytes, stderr text) once the client has exited."""
-        self.process.wait(timeout=timeout)
-        for thread in self._threads:
-            thread.join(timeout=5)
+        try:
+            self.process.wait(timeout=timeout)
+        finally:
+            self.kill()
         return self.process.returncode, bytes(self.out), bytes(self.err).decode(errors="replace")
 
     def signal(self, number: int) -> None:
@@ -103,10 +116,15 @@ class Session:
         self.process.send_signal(number)
 
     def kill(self) -> None:
-        """Make sure the client is gone."""
+        """Make sure the client is gone and its pipes are closed."""
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+            if stream:
+                stream.close()
 
 
 class Gate:
@@ -124,6 +142,7 @@ class Gate:
         self.users = USERS if users is None else users
         self.sshd_options = sshd_options or {}
         self.stack = ExitStack()
+        self.sessions: list[Session] = []
 
     # --- set-up ---------------------------------------------------------------------------
 
@@ -136,6 +155,7 @@ class Gate:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.end_sessions()
         self.stack.close()
 
     def _deploy(self) -> None:
@@ -151,11 +171,9 @@ class Gate:
         shutil.copyfile(SHIM_BUILD, self.shim)
         os.chmod(self.shim, 0o644)
         self.socket = self.root / "run" / "ssh-auth.sock"
-        self.key = self.root / "etc" / "id_ed25519"
-        run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key))
-        public_key = (self.root / "etc" / "id_ed25519.pub").read_text()
+        self.key = client_key()
         for user in self.users:
-            ensure_user(user, public_key)
+            ensure_user(user, self.key.with_suffix(".pub").read_text())
         self.start_service()
         self._start_sshd()
 
@@ -269,9 +287,41 @@ class Gate:
         stdin=subprocess.DEVNULL,
     ) -> Session:
         """Start an SSH login as user (running command, if given)."""
-        return Session(self.ssh_argv(user, command, tty, options), stdin=stdin)
+        session = Session(self.ssh_argv(user, command, tty, options), stdin=stdin)
+        self.sessions.append(session)
+        return session
+
+    def end_sessions(self) -> None:
+        """Kill every client a test left running."""
+        while self.sessions:
+            self.sessions.pop().kill()
 
     def restart_service(self) -> None:
         """Stop and start ssh-auth-server with the same configuration."""
         self.service.stop()
         self.service.start()
+
+
+class PhoneHolder:
+    """A person holding a phone with one SIM: scans a QR, then approves, denies or picks."""
+
+    def __init__(self, sim: str | None):
+        self.sim = sim
+        self.hops: list[str] = []
+        self.phone = Phone(say=self.hops.append)
+
+    def scan(self, url: str, network_error: str | None = None) -> requests.Response:
+        """Open the check URL on mobile data; the confirmation page (or an error page)."""
+        return self.phone.scan(url, sim=self.sim, network_error=network_error)
+
+    def approve(self, url: str, pick: str | None = None) -> requests.Response:
+        """Scan and press Approve (or the number, under number_match)."""
+        return self.phone.answer(self.scan(url), "approve", pick)
+
+    def phone_picks(self, page: requests.Response) -> list[str]:
+        """The numbers the confirmation page offers."""
+        return [v for form in page_forms(page.text) for name, v in form.buttons if name == "pick"]
+
+    def deny(self, url: str) -> requests.Response:
+        """Scan and press Deny."""
+        return self.phone.answer(self.scan(url), "deny")

@@ -148,9 +148,9 @@ def _tamper(name):
     elif name == "signed for another path":
         args = signed_redirect(url="https://ssh.example.test/other-hook")
     elif name == "stale date":
-        args = signed_redirect(date=formatdate(time.time() - 301, usegmt=True))
+        args = signed_redirect(date=formatdate(time.time() - 330, usegmt=True))
     elif name == "date from the future":
-        args = signed_redirect(date=formatdate(time.time() + 301, usegmt=True))
+        args = signed_redirect(date=formatdate(time.time() + 330, usegmt=True))
     elif name == "unknown kid":
         args = signed_redirect(kid="test-unknown")
     elif name == "wrong key":

@@ -1,0 +1,167 @@
+"""The gated login through a real sshd and the real ssh client: what users see, end to end."""
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from .gate import USERS, Gate, PhoneHolder
+
+ALICE, BOB = USERS["sa-alice"], USERS["sa-bob"]
+NO_MATCH = "ssh-auth: No match: the phone that answered is not using the registered SIM. Access denied."
+
+
+def test_approved_login_runs_the_command(gate):
+    session = gate.ssh("sa-alice", "echo ok")
+    page = PhoneHolder(ALICE).approve(session.check_url())
+    assert "Approved" in page.text
+    status, out, err = session.finish()
+    assert (status, out) == (0, b"ok\n")
+    assert err.endswith("ssh-auth: approved on your phone.\n")
+    assert "login allowed user=sa-alice" in gate.service.log_text()
+
+
+def test_approved_interactive_session_gets_a_login_shell(gate):
+    session = gate.ssh("sa-alice", tty=True, stdin=subprocess.PIPE)
+    PhoneHolder(ALICE).approve(session.check_url())
+    session.wait_for("approved on your phone")
+    session.process.stdin.write(b"echo shell=$0 sum=$((20+22)); exit 7\n")
+    session.process.stdin.flush()
+    status, out, _ = session.finish()
+    assert status == 7
+    assert "shell=-bash sum=42" in out.decode()
+
+
+def test_the_confirmation_page_shows_what_is_approved(gate):
+    session = gate.ssh("sa-alice", "echo ok")
+    page = PhoneHolder(ALICE).scan(session.check_url())
+    for shown in ("Approve this SSH login?", "sa-alice", "127.0.0.1", "echo ok", "Deny"):
+        assert shown in page.text
+    PhoneHolder(ALICE).phone.answer(page, "deny")
+    session.finish()
+
+
+def test_wrong_sim_is_no_match_and_runs_nothing(gate):
+    session = gate.ssh("sa-alice", "echo ran")
+    page = PhoneHolder(BOB).approve(session.check_url())
+    assert "No match" in page.text
+    status, out, err = session.finish()
+    assert (status, out) == (1, b"")
+    assert err.rstrip().endswith(NO_MATCH)
+
+
+def test_network_error_denies_with_its_reason(gate):
+    session = gate.ssh("sa-alice", "echo ran")
+    page = PhoneHolder(ALICE).scan(session.check_url(), network_error="not_mobile_ip")
+    assert "Turn off Wi-Fi" in page.text
+    status, out, err = session.finish()
+    assert status != 0 and out == b""
+    assert err.rstrip().endswith(
+        "ssh-auth: the mobile network could not confirm the SIM (The device is not on a mobile "
+        "data connection). Turn off Wi-Fi on the phone and try again. Access denied."
+    )
+
+
+def test_deny_on_the_phone_denies(gate):
+    session = gate.ssh("sa-alice", "echo ran")
+    page = PhoneHolder(ALICE).deny(session.check_url())
+    assert "Login denied" in page.text
+    status, out, err = session.finish()
+    assert status != 0 and out == b""
+    assert err.rstrip().endswith("ssh-auth: the login was denied on the phone. Access denied.")
+
+
+def test_unregistered_user_is_denied_without_a_check(gate, emulator):
+    status, out, err = gate.ssh("sa-carol", "echo ran").finish()
+    assert status != 0 and out == b""
+    assert err == (
+        "ssh-auth: no phone is registered for this account; ask your administrator. Access denied.\n"
+    )
+    assert "create" not in emulator.calls()
+
+
+def test_a_phone_that_completes_quickly_costs_create_and_patch_only(gate, emulator):
+    counts = []
+    for _ in range(2):  # the first login after the emulator's reset fetches a new token
+        session = gate.ssh("sa-alice", "true")
+        PhoneHolder(ALICE).approve(session.check_url())
+        assert session.finish()[0] == 0
+        counts.append(emulator.calls())
+    service_calls = ("token", "create", "get", "patch", "jwks")  # not the phone's redirect
+    spent = {name: counts[1].get(name, 0) - counts[0].get(name, 0) for name in service_calls}
+    assert spent == {"token": 0, "create": 1, "get": 0, "patch": 1, "jwks": 0}
+
+
+@pytest.fixture(scope="module")
+def short_gate(emulator_server):
+    with Gate(emulator_server, settings={"ttl": 10}) as gate:
+        yield gate
+
+
+@pytest.fixture(autouse=True)
+def _end_sessions(request):
+    yield
+    for name in ("short_gate", "matching_gate", "tutorial_gate"):
+        if name in request.fixturenames:
+            request.getfixturevalue(name).end_sessions()
+
+
+def test_never_opened_check_expires(short_gate, emulator):
+    started = time.monotonic()
+    session = short_gate.ssh("sa-alice", "echo ran")
+    session.check_url()
+    status, out, err = session.finish(timeout=30)
+    assert status != 0 and out == b""
+    assert err.rstrip().endswith(
+        "ssh-auth: the phone check expired before it was completed. Access denied."
+    )
+    assert 9 < time.monotonic() - started < 20
+
+
+@pytest.fixture(scope="module")
+def matching_gate(emulator_server):
+    with Gate(emulator_server, settings={"number_match": "true"}) as gate:
+        yield gate
+
+
+def test_number_match_the_right_pick_lets_in(matching_gate, emulator):
+    session = matching_gate.ssh("sa-alice", "echo ok")
+    number = session.wait_for(r"pick the number (\d\d)\.").group(1)
+    page = PhoneHolder(ALICE).approve(session.check_url(), pick=number)
+    assert "Approved" in page.text
+    assert session.finish()[:2] == (0, b"ok\n")
+
+
+def test_number_match_a_wrong_pick_denies(matching_gate, emulator):
+    session = matching_gate.ssh("sa-alice", "echo ran")
+    number = session.wait_for(r"pick the number (\d\d)\.").group(1)
+    holder = PhoneHolder(ALICE)
+    page = holder.scan(session.check_url())
+    wrong = next(n for n in holder.phone_picks(page) if n != number)
+    holder.phone.answer(page, "approve", wrong)
+    status, out, err = session.finish()
+    assert status != 0 and out == b""
+    assert err.rstrip().endswith("ssh-auth: the wrong number was picked on the phone. Access denied.")
+
+
+@pytest.fixture(scope="module")
+def tutorial_gate(emulator_server):
+    with Gate(emulator_server, settings={"confirm_on_phone": "false"}) as gate:
+        yield gate
+
+
+def test_without_confirmation_the_redirect_itself_completes_the_check(tutorial_gate, emulator):
+    session = tutorial_gate.ssh("sa-alice", "echo ok")
+    page = PhoneHolder(ALICE).scan(session.check_url())
+    assert "Approved" in page.text
+    assert session.finish()[:2] == (0, b"ok\n")
+
+
+def test_credentials_and_registry_are_not_readable_by_login_users(gate):
+    for path in (gate.root / "etc" / "tru.json", gate.config):
+        result = subprocess.run(
+            ["runuser", "-u", "sa-alice", "--", "cat", str(path)], capture_output=True, text=True
+        )
+        assert result.returncode != 0 and "Permission denied" in result.stderr
+    assert os.stat(gate.root / "etc" / "tru.json").st_mode & 0o077 == 0

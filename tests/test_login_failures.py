@@ -1,0 +1,264 @@
+"""Every way the gate can break ends the login with one clear line and runs nothing (fail closed)."""
+
+import json
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from .gate import USERS, Gate, PhoneHolder
+
+ALICE = USERS["sa-alice"]
+
+
+@pytest.fixture(scope="module")
+def fragile_gate(emulator_server):
+    """A deployment these tests may break; each test gets it back with the service running."""
+    with Gate(emulator_server, users={"sa-alice": ALICE}) as gate:
+        yield gate
+
+
+@pytest.fixture
+def gate(fragile_gate, emulator):
+    yield fragile_gate
+    fragile_gate.end_sessions()
+    if fragile_gate.socket.exists() and fragile_gate.service.process.poll() is not None:
+        fragile_gate.socket.unlink()
+    if fragile_gate.service.process.poll() is not None:
+        fragile_gate.service.start()
+
+
+def marker(gate) -> str:
+    path = gate.root / "run" / "command-ran"
+    if path.exists():
+        path.unlink()
+    return str(path)
+
+
+def assert_denied(gate, session, message: str, path: str, timeout: float = 30) -> None:
+    status, out, err = session.finish(timeout=timeout)
+    assert status == 1, err
+    assert out == b""
+    assert err.splitlines()[-1] == message
+    assert not os.path.exists(path), "the command ran"
+
+
+def test_service_killed_mid_wait_denies(gate):
+    path = marker(gate)
+    session = gate.ssh("sa-alice", f"touch {path}")
+    session.check_url()
+    gate.service.stop(signal.SIGKILL)
+    assert_denied(
+        gate, session, "ssh-auth: the ssh-auth service failed (connection closed). Access denied.", path
+    )
+
+
+def test_service_not_running_denies(gate):
+    gate.service.stop()
+    path = marker(gate)
+    assert_denied(
+        gate,
+        gate.ssh("sa-alice", f"touch {path}"),
+        "ssh-auth: the ssh-auth service is not running. Access denied.",
+        path,
+    )
+
+
+class FakeService:
+    """Something on the service's socket (run by root, so the shim trusts its uid)."""
+
+    def __init__(self, path, answer):
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(path))
+        os.chmod(path, 0o666)
+        self.listener.listen(8)
+        self.answer = answer
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        with conn:
+            conn.recv(65536)
+            self.answer(conn)
+
+    def close(self):
+        self.listener.close()
+
+
+def _send(*messages, hold: float = 0):
+    """A fake's answer: send these lines, then keep the connection open for `hold` seconds."""
+
+    def answer(conn):
+        for message in messages:
+            conn.sendall(message if isinstance(message, bytes) else json.dumps(message).encode() + b"\n")
+        time.sleep(hold)
+
+    return answer
+
+
+def _challenge(expires_in):
+    return {
+        "v": 1,
+        "event": "challenge",
+        "check_id": "x",
+        "check_url": "http://h/x/redirect",
+        "qr": "",
+        "number": None,
+        "expires_at": time.time() + expires_in,
+    }
+
+
+FAKES = [
+    ("closes at once", _send(), "the ssh-auth service failed (connection closed)."),
+    ("bad JSON", _send(b"{nope\n"), "the ssh-auth service failed (not JSON)."),
+    ("over-long line", _send(b"x" * (70 * 1024)), "the ssh-auth service failed (line too long)."),
+    (
+        "unknown version",
+        _send({"v": 2, "event": "verdict", "allow": True}),
+        "the ssh-auth service failed (unknown protocol version 2).",
+    ),
+    ("allow that is not true", _send({"v": 1, "event": "verdict", "allow": "yes"}), "Access denied."),
+    (
+        "unknown event",
+        _send({"v": 1, "event": "shell", "allow": True}),
+        "the ssh-auth service sent a malformed answer.",
+    ),
+    (
+        "challenge without URL",
+        _send({**_challenge(60), "check_url": None}),
+        "the ssh-auth service sent a malformed challenge.",
+    ),
+    (
+        "no verdict by the deadline",
+        _send(_challenge(-9), hold=15),
+        "no verdict from the ssh-auth service in time.",
+    ),
+]
+
+
+@pytest.mark.parametrize("case, answer, reason", FAKES, ids=[c for c, _, _ in FAKES])
+def test_a_misbehaving_service_denies(gate, case, answer, reason):
+    gate.service.stop()
+    fake = FakeService(gate.socket, answer)
+    try:
+        path = marker(gate)
+        expected = f"ssh-auth: {reason}" + ("" if reason == "Access denied." else " Access denied.")
+        assert_denied(gate, gate.ssh("sa-alice", f"touch {path}"), expected, path)
+    finally:
+        fake.close()
+        gate.socket.unlink()
+
+
+def test_a_silent_service_denies_after_ten_seconds(gate):
+    gate.service.stop()
+    fake = FakeService(gate.socket, _send(hold=15))
+    try:
+        path, started = marker(gate), time.monotonic()
+        assert_denied(
+            gate,
+            gate.ssh("sa-alice", f"touch {path}"),
+            "ssh-auth: the ssh-auth service did not answer. Access denied.",
+            path,
+        )
+        assert 9.5 < time.monotonic() - started < 15
+    finally:
+        fake.close()
+        gate.socket.unlink()
+
+
+FAKE_ALLOW = """
+import json, os, socket, sys
+s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); os.chmod(sys.argv[1], 0o666); s.listen(4)
+print("ready", flush=True)
+while True:
+    c, _ = s.accept(); c.recv(65536)
+    c.sendall(json.dumps({"v": 1, "event": "verdict", "allow": True, "reason": "ok"}).encode() + b"\\n")
+    c.close()
+"""
+
+
+def test_a_socket_served_by_an_untrusted_user_is_refused(gate):
+    gate.service.stop()
+    nobody = pwd.getpwnam("nobody")
+    run_dir = gate.socket.parent
+    os.chown(run_dir, nobody.pw_uid, -1)
+    fake = subprocess.Popen(
+        ["/usr/bin/python3", "-c", FAKE_ALLOW, str(gate.socket)],
+        user="nobody",
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert fake.stdout.readline() == "ready\n"
+        path = marker(gate)
+        assert_denied(
+            gate,
+            gate.ssh("sa-alice", f"touch {path}"),
+            f"ssh-auth: the ssh-auth socket is served by an untrusted process "
+            f"(uid {nobody.pw_uid}). Access denied.",
+            path,
+        )
+    finally:
+        fake.kill()
+        fake.wait()
+        fake.stdout.close()
+        os.chown(run_dir, 0, -1)
+        gate.socket.unlink()
+
+
+def shim_pid(user: str) -> int:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        found = subprocess.run(
+            ["pgrep", "-n", "-u", user, "-f", "shim.pyz create-check"], capture_output=True, text=True
+        )
+        if found.stdout.strip():
+            return int(found.stdout.strip())
+        time.sleep(0.05)
+    raise AssertionError("no shim process")
+
+
+@pytest.mark.parametrize("name", ["SIGHUP", "SIGTERM", "SIGQUIT"])
+def test_a_signal_during_the_wait_denies(gate, name):
+    path = marker(gate)
+    session = gate.ssh("sa-alice", f"touch {path}")
+    url = session.check_url()
+    os.kill(shim_pid("sa-alice"), getattr(signal, name))
+    assert_denied(gate, session, f"ssh-auth: interrupted ({name}). Access denied.", path)
+    assert PhoneHolder(ALICE).scan(url).status_code == 404  # too late: the login is gone
+    assert not os.path.exists(path)
+
+
+def test_ctrl_c_at_the_terminal_denies(gate):
+    path = marker(gate)
+    session = gate.ssh("sa-alice", f"touch {path}", tty=True, stdin=subprocess.PIPE)
+    session.check_url()
+    session.process.stdin.write(b"\x03")
+    session.process.stdin.flush()
+    status, out, _ = session.finish()
+    assert status == 1
+    assert "ssh-auth: interrupted (SIGINT). Access denied." in out.decode()
+    assert not os.path.exists(path)
+
+
+def test_client_disconnect_abandons_the_login(gate):
+    path = marker(gate)
+    session = gate.ssh("sa-alice", f"touch {path}", tty=True, stdin=subprocess.PIPE)
+    url = session.check_url()
+    session.kill()  # the client vanishes: sshd hangs up the session's terminal
+    deadline = time.monotonic() + 10
+    while "abandoned" not in gate.service.log_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "login denied user=sa-alice" in gate.service.log_text()
+    assert "the login was abandoned" in gate.service.log_text()
+    assert PhoneHolder(ALICE).scan(url).status_code == 404
+    assert not os.path.exists(path)

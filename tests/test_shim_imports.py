@@ -1,0 +1,83 @@
+"""The login path (the shim zipapp under /usr/bin/python3 -I) loads the standard library only."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from .gate import SHIM_BUILD
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def serve_once(path: str, messages: list[dict]) -> threading.Thread:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+
+    def answer():
+        with listener, listener.accept()[0] as conn:
+            conn.recv(65536)
+            for message in messages:
+                conn.sendall(json.dumps(message).encode() + b"\n")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_the_whole_login_path_imports_only_the_standard_library():
+    with tempfile.TemporaryDirectory(prefix="sa-imp-", dir="/tmp") as root:
+        path = os.path.join(root, "s.sock")
+        serve_once(
+            path,
+            [
+                {
+                    "v": 1,
+                    "event": "challenge",
+                    "check_id": "c",
+                    "check_url": "http://h/c/redirect",
+                    "qr": "##",
+                    "number": "42",
+                    "expires_at": time.time() + 60,
+                },
+                {"v": 1, "event": "status", "status": "PENDING", "seconds_left": 50},
+                {"v": 1, "event": "verdict", "allow": True, "reason": "approved on your phone."},
+            ],
+        )
+        env = {"PATH": "/usr/bin:/bin", "SSH_ORIGINAL_COMMAND": "echo exec-ok"}
+        result = subprocess.run(
+            [SYSTEM_PYTHON, "-I", "-X", "importtime", str(SHIM_BUILD), "create-check", "--socket", path],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+        )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "exec-ok\n"
+    order = re.findall(r"import time:\s+\d+ \|\s+\d+ \|\s*([\w.]+)", result.stderr)
+    # Start-up ends with `site` (the system's own .pth hooks run inside it); the rest is ours.
+    imported = set(order[order.index("site") + 1 :])
+    assert {"sshshim.login", "sshshim.shell", "sshshim.terminal", "sshshim.protocol"} <= imported
+    outside = {
+        name
+        for name in imported
+        if name.split(".")[0] not in sys.stdlib_module_names | {"sshshim", "__main__"}
+    }
+    assert outside == set()
+
+
+def test_a_deny_exits_1_with_one_line_and_nothing_on_stdout():
+    result = subprocess.run(
+        [SYSTEM_PYTHON, "-I", str(SHIM_BUILD), "create-check", "--socket", "/nonexistent/ssh-auth.sock"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == "ssh-auth: the ssh-auth service is not running. Access denied.\n"
