@@ -178,19 +178,12 @@ class Model:
     def get_check(self, check_id: str) -> Check:
         """The check with its status brought up to date (expiry is lazy)."""
         with self._lock:
-            check = self.checks.get(check_id)
-            if check is None:
-                raise problems.CheckNotFound(f"no check with id {check_id}")
-            self._expire(check)
-            return check
+            return self._find(check_id)
 
     def open_check(self, check_id: str, sim: str | None, network_error: str | None) -> DeviceResult:
         """The device opens the check URL on mobile data; the network decides the SIM."""
         with self._lock:
-            check = self.checks.get(check_id)
-            if check is None:
-                raise problems.CheckNotFound(f"no check with id {check_id}")
-            self._expire(check)
+            check = self._find(check_id)
             if check.status == "EXPIRED":
                 return DeviceResult(
                     check,
@@ -213,10 +206,7 @@ class Model:
     def patch_check(self, check_id: str, code) -> Check:
         """Complete a PENDING check; match needs the right code and the right SIM."""
         with self._lock:
-            check = self.checks.get(check_id)
-            if check is None:
-                raise problems.CheckNotFound(f"no check with id {check_id}")
-            self._expire(check)
+            check = self._find(check_id)
             if check.status == "ACCEPTED":
                 raise problems.CheckNotFound("the device has not opened the check URL yet")
             if check.status in TERMINAL:
@@ -227,6 +217,14 @@ class Model:
             check.status = "COMPLETED"
             check.match = bool(right_code and check.device_matches)
             return check
+
+    def _find(self, check_id: str) -> Check:
+        """The check, its status brought up to date (expiry is lazy); the caller holds the lock."""
+        check = self.checks.get(check_id)
+        if check is None:
+            raise problems.CheckNotFound(f"no check with id {check_id}")
+        self._expire(check)
+        return check
 
     def _expire(self, check: Check) -> None:
         if check.status in ("ACCEPTED", "PENDING") and self.clock() >= check.created_at + check.ttl:

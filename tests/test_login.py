@@ -9,6 +9,25 @@ import pytest
 from .gate import USERS, Gate, PhoneHolder
 
 ALICE, BOB = USERS["sa-alice"], USERS["sa-bob"]
+
+
+def gate_with(name: str, settings: dict):
+    """Fixture `name`: a module-wide deployment with these settings; clients ended per test."""
+
+    @pytest.fixture(scope="module", name=f"{name}_deployment")
+    def deployment(emulator_server):
+        with Gate(emulator_server, settings=settings) as gate:
+            yield gate
+
+    @pytest.fixture(name=name)
+    def per_test(request, emulator):
+        gate = request.getfixturevalue(f"{name}_deployment")
+        yield gate
+        gate.end_sessions()
+
+    return deployment, per_test
+
+
 NO_MATCH = "ssh-auth: No match: the phone that answered is not using the registered SIM. Access denied."
 
 
@@ -93,18 +112,7 @@ def test_a_phone_that_completes_quickly_costs_create_and_patch_only(gate, emulat
     assert spent == {"token": 0, "create": 1, "get": 0, "patch": 1, "jwks": 0}
 
 
-@pytest.fixture(scope="module")
-def short_gate(emulator_server):
-    with Gate(emulator_server, settings={"ttl": 10}) as gate:
-        yield gate
-
-
-@pytest.fixture(autouse=True)
-def _end_sessions(request):
-    yield
-    for name in ("short_gate", "matching_gate", "tutorial_gate"):
-        if name in request.fixturenames:
-            request.getfixturevalue(name).end_sessions()
+short_gate_deployment, short_gate = gate_with("short_gate", {"ttl": 10})
 
 
 def test_never_opened_check_expires(short_gate, emulator):
@@ -119,10 +127,7 @@ def test_never_opened_check_expires(short_gate, emulator):
     assert 9 < time.monotonic() - started < 20
 
 
-@pytest.fixture(scope="module")
-def matching_gate(emulator_server):
-    with Gate(emulator_server, settings={"number_match": "true"}) as gate:
-        yield gate
+matching_gate_deployment, matching_gate = gate_with("matching_gate", {"number_match": "true"})
 
 
 def test_number_match_the_right_pick_lets_in(matching_gate, emulator):
@@ -145,10 +150,7 @@ def test_number_match_a_wrong_pick_denies(matching_gate, emulator):
     assert err.rstrip().endswith("ssh-auth: the wrong number was picked on the phone. Access denied.")
 
 
-@pytest.fixture(scope="module")
-def tutorial_gate(emulator_server):
-    with Gate(emulator_server, settings={"confirm_on_phone": "false"}) as gate:
-        yield gate
+tutorial_gate_deployment, tutorial_gate = gate_with("tutorial_gate", {"confirm_on_phone": "false"})
 
 
 def test_without_confirmation_the_redirect_itself_completes_the_check(tutorial_gate, emulator):

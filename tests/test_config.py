@@ -1,0 +1,112 @@
+"""ssh-auth.conf: every DESIGN §5 key parsed and validated; mistakes named by file, line and key."""
+
+import pytest
+
+from webserver.config import ConfigError, Settings
+from webserver.registry import Registry, parse_entry
+
+BASE = "public_url = https://ssh.example.com\n"
+
+
+def test_defaults_match_the_design_table():
+    settings = Settings.parse(BASE)
+    assert settings.webhook_url == "https://ssh.example.com/complete-check"
+    assert (settings.listen, settings.socket, settings.credentials) == (
+        ("127.0.0.1", 8080),
+        "/run/ssh-auth/ssh-auth.sock",
+        "/etc/ssh-auth/tru.json",
+    )
+    assert (settings.failmode, settings.unregistered, settings.max_checks_per_user) == (
+        "secure",
+        "deny",
+        5,
+    )
+    assert (
+        settings.connection_reuse_seconds,
+        settings.require_signature,
+        settings.confirm_on_phone,
+        settings.number_match,
+    ) == (3600, True, True, False)
+    assert (settings.ttl, settings.poll_interval, settings.tunnel) == (120, 5.0, "none")
+
+
+def test_every_key_and_the_tutorials_lines_are_accepted():
+    text = (
+        BASE
+        + """# a comment
+header=Welcome
+listen = 0.0.0.0:9000
+socket = /run/x.sock
+credentials = /etc/x/tru.json
+api_base_url = http://127.0.0.1:8081
+data_residency = us
+failmode = safe
+unregistered = allow
+exempt_users = root, !bob
+exempt_groups = breakglass
+max_checks_per_user = 9
+connection_reuse_seconds = 0
+require_signature = false
+confirm_on_phone = no
+number_match = yes
+ttl = 60
+poll_interval = 2.5
+ngrok_authtoken = secret
+audit_log = /var/log/ssh-auth.jsonl
+user=alice:447700900123
+"""
+    )
+    settings = Settings.parse(text)
+    assert settings.exempt_users == ("root", "!bob")
+    assert (settings.failmode, settings.number_match, settings.poll_interval) == ("safe", True, 2.5)
+    assert "secret" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("colour = blue", "line 2: unknown setting 'colour'"),
+        ("failmode = open", "line 2: failmode must be one of secure, safe"),
+        ("ttl = 5", "line 2: ttl must be at least 10"),
+        ("ttl = soon", "line 2: ttl must be a number"),
+        ("listen = 8080", "line 2: listen must be HOST:PORT"),
+        ("require_signature = maybe", "line 2: require_signature must be true or false"),
+        ("socket = relative.sock", "line 2: socket must be an absolute path"),
+        ("public_url = ftp://x", "line 1"),
+        ("just words", "line 2: expected 'key = value'"),
+    ],
+)
+def test_mistakes_are_named(line, message):
+    text = BASE + line + "\n" if not line.startswith("public_url") else line + "\n"
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        Settings.parse(text, "/etc/ssh-auth/ssh-auth.conf")
+
+
+def test_public_url_is_required_without_a_tunnel():
+    with pytest.raises(ConfigError, match="public_url is required unless tunnel = ngrok"):
+        Settings.parse("ttl = 60\n")
+
+
+@pytest.mark.parametrize(
+    "line, entry",
+    [
+        ("user=alice:447700900123", ("alice", "447700900123")),
+        ("user = bob : +447700900456", ("bob", "447700900456")),
+        ("user=alice:12", None),
+        ("user=al;ice:447700900123", None),
+        ("user=$(id):447700900123", None),
+        ("user=alice", None),
+        ("header=x", None),
+    ],
+)
+def test_registry_lines(line, entry):
+    assert parse_entry(line) == entry
+
+
+def test_registry_skips_malformed_lines_and_reloads_on_change(tmp_path):
+    path = tmp_path / "ssh-auth.conf"
+    path.write_text(BASE + "user=alice:447700900123\nuser=bob:not-a-number\n")
+    registry = Registry(str(path))
+    assert (registry.phone_for("alice"), registry.phone_for("bob")) == ("447700900123", None)
+    path.write_text(BASE + "user=bob:447700900456\n")
+    assert (registry.phone_for("alice"), registry.phone_for("bob")) == (None, "447700900456")
