@@ -125,7 +125,7 @@ def _complete(ctx, login: Login):
             502,
             advice="Try logging in again.",
         )
-    if check.status == "COMPLETED" and check.match is True:
+    if check.check_id == login.check_id and check.status == "COMPLETED" and check.match is True:
         ctx.broker.finish(login.check_id, True, "allowed", Reasons.APPROVED)
         return _page(
             "Approved",

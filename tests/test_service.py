@@ -1,0 +1,113 @@
+"""The service on its own: socket limits, the fallback GET, and start-up refusals in one line."""
+
+import json
+import socket
+import subprocess
+import time
+
+import requests
+
+from .emulator_fixture import VENV_BIN
+
+LOGIN = {
+    "v": 1,
+    "op": "login",
+    "command": None,
+    "connection": "127.0.0.1 5 127.0.0.1 22",
+    "tty": False,
+    "columns": 80,
+    "rows": 24,
+    "unicode": False,
+}
+
+
+def connect(gate) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(str(gate.socket))
+    return sock
+
+
+def read_line(sock) -> dict:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return json.loads(data) if data else {}
+
+
+def test_more_than_three_connections_from_one_uid_are_refused(gate):
+    held = [connect(gate) for _ in range(3)]
+    try:
+        time.sleep(0.2)
+        with connect(gate) as extra:
+            verdict = read_line(extra)
+        assert verdict == {
+            "v": 1,
+            "event": "verdict",
+            "allow": False,
+            "reason": "too many logins are waiting at once. Access denied.",
+        }
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_a_connection_that_sends_no_line_is_closed_after_five_seconds(gate):
+    with connect(gate) as sock:
+        started = time.monotonic()
+        assert sock.recv(10) == b""
+        assert 4.5 < time.monotonic() - started < 8
+
+
+def test_a_malformed_login_line_is_denied(gate):
+    with connect(gate) as sock:
+        sock.sendall(json.dumps({**LOGIN, "columns": "wide"}).encode() + b"\n")
+        assert read_line(sock)["reason"] == "the login request was malformed. Access denied."
+
+
+def test_the_fallback_get_ends_a_login_whose_redirect_never_arrives(gate, emulator):
+    session = gate.ssh("sa-alice", "echo ran")
+    url = session.check_url()
+    # The network fails the SIM check, but the phone never reaches the webhook.
+    requests.get(url, params={"network_error": "ip_msisdn_mismatch"}, allow_redirects=False, timeout=10)
+    status, out, err = session.finish(timeout=30)
+    assert (status, out) == (1, b"")
+    assert err.splitlines()[-1] == (
+        "ssh-auth: the mobile network could not confirm the SIM (ip_msisdn_mismatch). "
+        "Turn off Wi-Fi on the phone and try again. Access denied."
+    )
+    assert emulator.calls()["get"] == 1  # first GET after 10 s, and that one decided
+
+
+def test_service_refuses_a_bad_config_in_one_line(tmp_path):
+    config = tmp_path / "ssh-auth.conf"
+    config.write_text("public_url = https://x.example\ncolour = blue\n")
+    result = subprocess.run(
+        [str(VENV_BIN / "ssh-auth-server"), "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr == f"ssh-auth-server: {config} line 2: unknown setting 'colour'\n"
+
+
+def test_service_refuses_credentials_others_can_read(tmp_path):
+    tru = tmp_path / "tru.json"
+    tru.write_text(json.dumps({"credentials": [{"client_id": "a", "client_secret": "b"}]}))
+    tru.chmod(0o644)
+    config = tmp_path / "ssh-auth.conf"
+    config.write_text(f"public_url = https://x.example\ncredentials = {tru}\n")
+    result = subprocess.run(
+        [str(VENV_BIN / "ssh-auth-server"), "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"ssh-auth-server: {tru} is readable by other users (mode 0644): chmod 600 {tru}\n"
+    )
