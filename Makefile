@@ -6,12 +6,12 @@ BIN    := $(VENV)/bin
 SHIM   := build/shim.pyz
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-interactive test lint format shim system-packages clean
+.PHONY: demo demo-interactive test lint format shim system-packages system-packages-demo clean
 
-demo: $(STAMP) system-packages shim
+demo: $(STAMP) system-packages-demo shim
 	$(BIN)/python -m tests.demo
 
-demo-interactive: $(STAMP) system-packages shim
+demo-interactive: $(STAMP) system-packages-demo shim
 	$(BIN)/python -m tests.demo --interactive
 
 test: $(STAMP) system-packages shim lint
@@ -40,15 +40,28 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# openssh-server for the real sshd the tests and the demo start (never enabled as a system service).
+# Debian packages: the demo needs OpenSSH; the tests also sftp-server, rsync, git and a headless
+# browser. Installed when missing (as root); never enabled as system services.
+DEMO_PACKAGES := openssh-server openssh-client
+TEST_PACKAGES := $(DEMO_PACKAGES) openssh-sftp-server rsync git chromium chromium-driver
+
+system-packages-demo:
+	@$(call apt_ensure,$(DEMO_PACKAGES))
+
 system-packages:
-	@if [ ! -x /usr/sbin/sshd ]; then \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-server openssh-client >/dev/null; \
-	  else \
-	    echo "openssh-server is missing: run 'sudo apt-get install openssh-server' and try again" >&2; exit 1; \
-	  fi; \
-	fi
+	@$(call apt_ensure,$(TEST_PACKAGES))
+
+define apt_ensure
+missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+if [ -n "$$missing" ]; then \
+  if [ "$$(id -u)" = 0 ]; then \
+    echo "installing: $$missing"; \
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+  else \
+    echo "missing Debian packages: $$missing. Run: sudo apt-get install $$missing" >&2; exit 1; \
+  fi; \
+fi
+endef
 
 clean:
 	rm -rf build $(VENV) *.egg-info

@@ -61,9 +61,14 @@ def client_key() -> Path:
 class Session:
     """One `ssh` client process, its output collected as it arrives."""
 
-    def __init__(self, argv: list[str], stdin=subprocess.DEVNULL):
+    def __init__(self, argv: list[str], stdin=subprocess.DEVNULL, **popen):
         self.process = subprocess.Popen(
-            argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+            argv,
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            **popen,
         )
         self.out, self.err = bytearray(), bytearray()
         self._threads = [
@@ -136,7 +141,9 @@ class Gate:
         settings: dict | None = None,
         users: dict | None = None,
         sshd_options: dict | None = None,
+        sftp_subsystem: str = "/usr/lib/openssh/sftp-server",
     ):
+        self.sftp_subsystem = sftp_subsystem
         self.emulator = emulator
         self.settings = settings or {}
         self.users = USERS if users is None else users
@@ -220,7 +227,9 @@ class Gate:
         dropin.write_text(render_dropin(shim=str(self.shim), socket=str(self.socket)))
         base = (REPO / "sshd_config").read_text()
         config = self.root / "etc" / "sshd_config"
-        config.write_text(f"Include {dropin}\n" + re.sub(r"(?m)^Include .*\n", "", base))
+        base = re.sub(r"(?m)^Include .*\n", "", base)
+        base = re.sub(r"(?m)^Subsystem sftp .*$", f"Subsystem sftp {self.sftp_subsystem}", base)
+        config.write_text(f"Include {dropin}\n" + base)
         self.port = free_port()
         options = {
             "Port": self.port,
@@ -245,16 +254,11 @@ class Gate:
 
     # --- user actions ---------------------------------------------------------------------
 
-    def ssh_argv(
-        self, user: str, command: str | None = None, tty: bool = False, options: tuple = ()
-    ) -> list[str]:
-        """The real OpenSSH client's command line for a login to this gate."""
-        argv = [
-            "ssh",
+    def client_options(self) -> list[str]:
+        """Options every OpenSSH client (ssh, scp, sftp) needs for this gate, port aside."""
+        return [
             "-F",
             "/dev/null",
-            "-p",
-            str(self.port),
             "-i",
             str(self.key),
             "-o",
@@ -269,8 +273,17 @@ class Gate:
             "IdentitiesOnly=yes",
             "-o",
             "ConnectTimeout=10",
-            *options,
         ]
+
+    def ssh_command(self) -> str:
+        """`ssh ...` as one string, for rsync -e and GIT_SSH_COMMAND."""
+        return " ".join(["ssh", "-p", str(self.port), *self.client_options()])
+
+    def ssh_argv(
+        self, user: str, command: str | None = None, tty: bool = False, options: tuple = ()
+    ) -> list[str]:
+        """The real OpenSSH client's command line for a login to this gate."""
+        argv = ["ssh", "-p", str(self.port), *self.client_options(), *options]
         if tty:
             argv.append("-tt")
         argv.append(f"{user}@127.0.0.1")
@@ -288,6 +301,12 @@ class Gate:
     ) -> Session:
         """Start an SSH login as user (running command, if given)."""
         session = Session(self.ssh_argv(user, command, tty, options), stdin=stdin)
+        self.sessions.append(session)
+        return session
+
+    def client(self, argv: list[str], **popen) -> Session:
+        """Start any client program (scp, sftp, rsync, git) against this gate."""
+        session = Session(argv, **popen)
         self.sessions.append(session)
         return session
 
@@ -325,3 +344,29 @@ class PhoneHolder:
     def deny(self, url: str) -> requests.Response:
         """Scan and press Deny."""
         return self.phone.answer(self.scan(url), "deny")
+
+
+class Approver:
+    """A person who approves, on the right phone, every check URL a client prints (until stopped)."""
+
+    def __init__(self, session: Session, sim: str):
+        self.session, self.sim = session, sim
+        self.approved: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> "Approver":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            for url in CHECK_URL.findall(self.session.text()):
+                if url not in self.approved:
+                    self.approved.append(url)
+                    PhoneHolder(self.sim).approve(url)
+            self._stop.wait(0.02)

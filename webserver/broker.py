@@ -30,7 +30,7 @@ from . import qr
 from .audit import Audit, Decision, clean
 from .config import Settings
 from .phonecheck import ApiUnreachable, PhoneCheckClient, PhoneCheckError
-from .policy import is_exempt
+from .policy import is_exempt, is_sftp_session
 from .registry import Registry
 
 log = logging.getLogger("ssh-auth.broker")
@@ -52,6 +52,11 @@ class Reasons:
     EXPIRED = "the phone check expired before it was completed. Access denied."
     DENIED_ON_PHONE = "the login was denied on the phone. Access denied."
     WRONG_PICK = "the wrong number was picked on the phone. Access denied."
+    SFTP_NEEDS_MASTER = (
+        "sftp and scp (in SFTP mode) cannot show the phone check: sshd discards their messages. "
+        "Approve an ssh ControlMaster connection first and run them over it, or use scp -O. "
+        "Access denied."
+    )
     UNREGISTERED = "no phone is registered for this account; ask your administrator. Access denied."
     API_DOWN = "the phone check service cannot be reached right now. Access denied."
     API_REFUSED = "the phone check could not be started ({detail}). Access denied."
@@ -228,7 +233,8 @@ class Broker:
             if _group_exists(gid)
         ]
         phone = self.registry.phone_for(user)
-        decided = self._before_check(uid, user, groups, client, connection, phone)
+        sftp = is_sftp_session(request.get("command"), request["tty"])
+        decided = self._before_check(uid, user, groups, client, connection, phone, sftp)
         if decided:
             return self._verdict(sock, uid, user, client, None, started, *decided)
         login = self._start_check(sock, uid, user, client, phone, request, started)
@@ -248,7 +254,7 @@ class Broker:
                 )
         self._verdict(sock, uid, user, client, login.check_id, started, allow, outcome, reason)
 
-    def _before_check(self, uid, user, groups, client, connection, phone):
+    def _before_check(self, uid, user, groups, client, connection, phone, sftp):
         """A verdict that needs no phone (exempt, reused, unregistered, rate limited), or None."""
         settings = self.settings
         if is_exempt(user, groups, settings.exempt_users, settings.exempt_groups):
@@ -258,6 +264,8 @@ class Broker:
                 until = self._approved.get((uid, connection), 0)
             if time.monotonic() < until:
                 return True, "reused", Reasons.REUSED
+        if sftp:  # nobody could see its QR: refuse at once rather than hang until the deadline
+            return False, "denied", Reasons.SFTP_NEEDS_MASTER
         if phone is None:
             if settings.unregistered == "allow":
                 return True, "exempt", Reasons.UNREGISTERED_ALLOWED

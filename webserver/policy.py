@@ -16,3 +16,13 @@ def is_exempt(user: str, groups: Iterable[str], exempt_users, exempt_groups) -> 
     if f"!{user}" in exempt_users:
         return False
     return matches(exempt_users, [user]) or matches(exempt_groups, groups)
+
+
+SFTP_SERVERS = ("sftp-server", "internal-sftp")
+
+
+def is_sftp_session(command: str | None, tty: bool) -> bool:
+    """sftp (and scp in its default SFTP mode): a subsystem whose stderr sshd discards."""
+    if tty or not command:
+        return False
+    return command.split()[0].rsplit("/", 1)[-1] in SFTP_SERVERS
