@@ -43,7 +43,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 # Debian packages: the demo needs OpenSSH; the tests also sftp-server, rsync, git and a headless
 # browser. Installed when missing (as root); never enabled as system services.
 DEMO_PACKAGES := openssh-server openssh-client
-TEST_PACKAGES := $(DEMO_PACKAGES) openssh-sftp-server rsync git chromium chromium-driver
+TEST_PACKAGES := $(DEMO_PACKAGES) openssh-sftp-server rsync git tmux chromium chromium-driver
 
 system-packages-demo:
 	@$(call apt_ensure,$(DEMO_PACKAGES))

@@ -7,6 +7,7 @@ import time
 
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
 PLAIN_STATUS_EVERY = 30  # seconds between "still waiting" lines when there is no tty
+HEADER = "ssh-auth: confirm this login with your phone (Wi-Fi off, mobile data on):"
 
 
 def clean(text) -> str:
@@ -14,11 +15,41 @@ def clean(text) -> str:
     return CONTROL_CHARACTERS.sub("", str(text))
 
 
+def text_below(check_url: str, number) -> list[str]:
+    """The lines printed under the QR."""
+    lines = [f"Or open on the phone: {clean(check_url)}"]
+    if number:
+        lines.append(f"When the phone asks, pick the number {clean(number)}.")
+    return lines
+
+
+def rows_of(lines: list[str], columns: int) -> int:
+    """Terminal rows these lines take once wrapped."""
+    return sum(max(1, -(-len(line) // max(1, columns))) for line in lines)
+
+
+def rows_reserved(check_url: str, number, columns: int) -> int:
+    """Rows the shim's text takes around the QR: header, URL, number and countdown lines."""
+    return rows_of([HEADER, *text_below(check_url, number)], columns) + 1
+
+
+def _environment_as_sshd_set_it() -> dict[str, str]:
+    # Under LANG=C, CPython coerces its own os.environ to LC_CTYPE=C.UTF-8 (PEP 538): read the
+    # environment the process was started with instead.
+    try:
+        with open("/proc/self/environ", "rb") as handle:
+            pairs = handle.read().split(b"\0")
+    except OSError:
+        return dict(os.environ)
+    return dict(p.decode(errors="replace").partition("=")[::2] for p in pairs if b"=" in p)
+
+
 def _speaks_utf8() -> bool:
-    if os.environ.get("TERM") == "dumb":  # no TERM at all is normal without a tty
+    environment = _environment_as_sshd_set_it()
+    if environment.get("TERM") == "dumb":  # no TERM at all is normal without a tty
         return False
     for name in ("LC_ALL", "LC_CTYPE", "LANG"):
-        value = os.environ.get(name)
+        value = environment.get(name)
         if value:
             return "utf-8" in value.lower() or "utf8" in value.lower()
     return False
@@ -32,6 +63,7 @@ class Terminal:
         self.columns, self.rows, self.unicode = columns, rows, unicode
         self._in_place = False
         self._last_plain = 0.0
+        self.show_countdown = True
 
     @classmethod
     def open(cls) -> "Terminal":
@@ -53,17 +85,23 @@ class Terminal:
         self._write(clean(text) + "\n")
 
     def show_challenge(self, challenge: dict) -> None:
-        """The QR code, the URL as text, the number to pick, and how to scan."""
-        self.line("ssh-auth: confirm this login with your phone.")
-        self.line("Turn off Wi-Fi on the phone (the check needs mobile data), then scan:")
-        for row in str(challenge.get("qr") or "").splitlines():
+        """The QR code, the URL as text under it, the number to pick, then the countdown.
+
+        When the QR fills the screen the URL goes above it and no countdown follows (a line
+        under a full-screen QR would scroll its top away).
+        """
+        qr = str(challenge.get("qr") or "").splitlines()
+        below = text_below(challenge["check_url"], challenge.get("number"))
+        self.line(HEADER)
+        fits_below = rows_of(qr + below, self.columns) + 1 <= self.rows
+        for row in qr + below if fits_below else below + qr:
             self.line(row)
-        self.line(f"Or open on the phone: {challenge['check_url']}")
-        if challenge.get("number"):
-            self.line(f"When the phone asks, pick the number {challenge['number']}.")
+        self.show_countdown = fits_below or not self.is_tty
 
     def countdown(self, seconds_left: float) -> None:
         """A one-line countdown, updated in place on a tty; an occasional line otherwise."""
+        if not self.show_countdown:
+            return
         left = max(0, int(seconds_left))
         text = f"Waiting for your phone: {left // 60}:{left % 60:02d} left"
         if self.is_tty:

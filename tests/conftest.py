@@ -1,5 +1,8 @@
 """Fixtures shared by every test: the emulator server and an API client pointed at it."""
 
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from webserver.config import load_credentials
@@ -7,6 +10,14 @@ from webserver.phonecheck import PhoneCheckClient
 
 from .conftest_helpers import write_tru_json
 from .emulator_fixture import Emulator
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shim_zipapp():
+    """The shim exactly as deployed, rebuilt if sshshim/ changed (never test a stale zipapp)."""
+    subprocess.run(
+        ["make", "-s", "shim"], cwd=Path(__file__).parent.parent, check=True, stdout=subprocess.DEVNULL
+    )
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ from sshshim.protocol import (
     encode,
     peer_uid,
 )
+from sshshim.terminal import rows_reserved
 
 from . import qr
 from .audit import Audit, Decision, clean
@@ -312,7 +313,9 @@ class Broker:
             choices = random.sample(range(10, 100), 3)
             number = str(choices[0])
             random.shuffle(choices)
-        rendering = qr.render(check.check_url, request["columns"], request["rows"], request["unicode"])
+        columns, rows = request["columns"], request["rows"]
+        reserved = rows_reserved(check.check_url, number, columns)
+        rendering = qr.render(check.check_url, columns, rows, request["unicode"], reserved)
         login = Login(
             check.check_id,
             uid,

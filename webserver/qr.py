@@ -1,27 +1,44 @@
 """Renders the check URL as a QR code that fits the shim's terminal (half-blocks, or ASCII)."""
 
+from urllib.parse import urlsplit
+
 import qrcode
 from qrcode.constants import ERROR_CORRECT_L
+from qrcode.util import MODE_8BIT_BYTE, MODE_ALPHA_NUM, QRData
 
-TEXT_LINES = 2  # the URL line and the countdown stay on screen under the QR
+ALPHANUMERIC = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:")
 UPPER, LOWER, FULL = "\u2580", "\u2584", "\u2588"
+
+
+def _segments(url: str) -> list:
+    """Scheme and host are case-insensitive: upper-cased they fit the denser alphanumeric mode."""
+    parts = urlsplit(url)
+    head = f"{parts.scheme}://{parts.netloc}".upper()
+    rest = url[len(head) :]
+    if not rest or any(c not in ALPHANUMERIC for c in head):
+        return [QRData(url.encode(), mode=MODE_8BIT_BYTE)]
+    return [QRData(head.encode(), mode=MODE_ALPHA_NUM), QRData(rest.encode(), mode=MODE_8BIT_BYTE)]
 
 
 def _matrix(url: str, border: int) -> list[list[bool]]:
     code = qrcode.QRCode(error_correction=ERROR_CORRECT_L, border=border)
-    code.add_data(url)
+    for segment in _segments(url):
+        code.add_data(segment)
     code.make(fit=True)
     return code.get_matrix()
 
 
-def render(url: str, columns: int, rows: int, unicode: bool) -> str | None:
-    """The QR as text that fits columns x rows, or None when even the smallest cannot fit."""
-    for border in (2, 1):
-        matrix = _matrix(url, border)
-        text = _half_blocks(matrix) if unicode else _ascii(matrix)
-        lines = text.splitlines()
-        if len(lines) + TEXT_LINES <= rows and max(map(len, lines)) <= columns:
-            return text
+def render(url: str, columns: int, rows: int, unicode: bool, reserved: int = 0) -> str | None:
+    """The QR as text that fits columns x rows, or None when even the smallest cannot fit.
+
+    Prefers a 2-module quiet zone and `reserved` rows left for the shim's text; then gives the
+    text rows up (the shim then prints the URL above a QR that fills the screen).
+    """
+    draw = _half_blocks if unicode else _ascii
+    for border, text_rows in ((2, reserved), (1, reserved), (2, 0), (1, 0)):
+        lines = draw(_matrix(url, border)).splitlines()
+        if len(lines) + text_rows <= rows and max(map(len, lines)) <= columns:
+            return "\n".join(lines)
     return None
 
 
