@@ -3,6 +3,8 @@
 import json
 import os
 
+import pytest
+
 from .emulator_fixture import CLIENT_ID, CLIENT_SECRET
 
 
@@ -24,3 +26,22 @@ def write_tru_json(path, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, mode=
     path.write_text(json.dumps(body))
     os.chmod(path, mode)
     return path
+
+
+def gate_with(name: str, settings: dict):
+    """Fixture `name`: a module-wide deployment with these settings; clients ended per test."""
+
+    @pytest.fixture(scope="module", name=f"{name}_deployment")
+    def deployment(emulator_server):
+        from .gate import Gate
+
+        with Gate(emulator_server, settings=settings) as gate:
+            yield gate
+
+    @pytest.fixture(name=name)
+    def per_test(request, emulator):
+        gate = request.getfixturevalue(f"{name}_deployment")
+        yield gate
+        gate.end_sessions()
+
+    return deployment, per_test

@@ -4,28 +4,10 @@ import os
 import subprocess
 import time
 
-import pytest
-
-from .gate import USERS, Gate, PhoneHolder
+from .conftest_helpers import gate_with
+from .gate import USERS, PhoneHolder
 
 ALICE, BOB = USERS["sa-alice"], USERS["sa-bob"]
-
-
-def gate_with(name: str, settings: dict):
-    """Fixture `name`: a module-wide deployment with these settings; clients ended per test."""
-
-    @pytest.fixture(scope="module", name=f"{name}_deployment")
-    def deployment(emulator_server):
-        with Gate(emulator_server, settings=settings) as gate:
-            yield gate
-
-    @pytest.fixture(name=name)
-    def per_test(request, emulator):
-        gate = request.getfixturevalue(f"{name}_deployment")
-        yield gate
-        gate.end_sessions()
-
-    return deployment, per_test
 
 
 NO_MATCH = "ssh-auth: No match: the phone that answered is not using the registered SIM. Access denied."
