@@ -2,6 +2,7 @@
 
 import json
 import os
+import pwd
 import re
 import socket
 import subprocess
@@ -31,7 +32,7 @@ def serve_once(path: str, messages: list[dict]) -> threading.Thread:
     return thread
 
 
-def test_the_whole_login_path_imports_only_the_standard_library():
+def test_the_whole_login_path_imports_only_the_standard_library_and_execs_the_passwd_shell():
     with tempfile.TemporaryDirectory(prefix="sa-imp-", dir="/tmp") as root:
         path = os.path.join(root, "s.sock")
         serve_once(
@@ -50,7 +51,12 @@ def test_the_whole_login_path_imports_only_the_standard_library():
                 {"v": 1, "event": "verdict", "allow": True, "reason": "approved on your phone."},
             ],
         )
-        env = {"PATH": "/usr/bin:/bin", "SSH_ORIGINAL_COMMAND": "echo exec-ok"}
+        # $SHELL lies: the shell must come from the passwd database.
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "SSH_ORIGINAL_COMMAND": 'echo exec-ok "$0"',
+            "SHELL": "/bin/false",
+        }
         result = subprocess.run(
             [SYSTEM_PYTHON, "-I", "-X", "importtime", str(SHIM_BUILD), "create-check", "--socket", path],
             capture_output=True,
@@ -59,7 +65,7 @@ def test_the_whole_login_path_imports_only_the_standard_library():
             timeout=30,
         )
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "exec-ok\n"
+    assert result.stdout == f"exec-ok {os.path.basename(pwd.getpwuid(os.getuid()).pw_shell)}\n"
     order = re.findall(r"import time:\s+\d+ \|\s+\d+ \|\s*([\w.]+)", result.stderr)
     # Start-up ends with `site` (the system's own .pth hooks run inside it); the rest is ours.
     imported = set(order[order.index("site") + 1 :])
