@@ -55,3 +55,15 @@ def gate_server(emulator_server):
 def gate(gate_server, emulator):
     yield gate_server
     gate_server.end_sessions()
+
+
+@pytest.fixture
+def private_emulator(tmp_path):
+    """An emulator of this test's own, for what would disturb the shared one (key rotation)."""
+    with Emulator(tmp_path / "private-emulator.log") as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def private_client(private_emulator, credentials):
+    return PhoneCheckClient(credentials, private_emulator.url, timeout=(1.0, 1.5))

@@ -170,12 +170,12 @@ def test_answers_carry_rate_limit_headers_and_problems_are_problem_json(client, 
     assert set(response.json()) == {"type", "title", "status", "detail"}
 
 
-def test_jwks_publishes_an_rsa_key_with_kid(client, emulator):
-    (key,) = client.jwks()["keys"]
+def test_jwks_publishes_an_rsa_key_with_kid(private_client, private_emulator):
+    (key,) = private_client.jwks()["keys"]
     assert (key["kty"], key["use"], key["alg"]) == ("RSA", "sig", "RS256")
     assert key["kid"] and key["n"] and key["e"]
-    new_kid = emulator.control("rotate-key")["kid"]
-    assert client.jwks()["keys"][0]["kid"] == new_kid != key["kid"]
+    new_kid = private_emulator.control("rotate-key")["kid"]
+    assert private_client.jwks()["keys"][0]["kid"] == new_kid != key["kid"]
 
 
 def test_twenty_creates_cost_one_token_request(client, emulator):

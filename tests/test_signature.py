@@ -110,25 +110,29 @@ def test_a_redirect_signed_by_httpsig_verifies(verifier):
     assert (verified.check_id, verified.code) == ("c-1", "k-1")
 
 
-def test_an_emulator_redirect_signed_before_a_key_rotation_is_refused_after(client, emulator):
-    check = client.create_check(NUMBER, WEBHOOK)
+def test_an_emulator_redirect_signed_before_a_key_rotation_is_refused_after(
+    private_client, private_emulator
+):
+    check = private_client.create_check(NUMBER, WEBHOOK)
     redirect = open_on_phone(check.check_url, sim=NUMBER)
-    emulator.control("rotate-key")
+    private_emulator.control("rotate-key")
     with pytest.raises(SignatureError) as refused:
-        RedirectVerifier(JwksCache(client.jwks), WEBHOOK).verify(as_received(redirect["location"]))
+        RedirectVerifier(JwksCache(private_client.jwks), WEBHOOK).verify(
+            as_received(redirect["location"])
+        )
     assert refused.value.reason == "unknown_key"
 
 
-def test_verifier_follows_a_key_rotation_a_minute_later(client, emulator):
+def test_verifier_follows_a_key_rotation_a_minute_later(private_client, private_emulator):
     now = [0.0]
-    verifier = RedirectVerifier(JwksCache(client.jwks, clock=lambda: now[0]), WEBHOOK)
+    verifier = RedirectVerifier(JwksCache(private_client.jwks, clock=lambda: now[0]), WEBHOOK)
     for _ in range(2):
-        check = client.create_check(NUMBER, WEBHOOK)
+        check = private_client.create_check(NUMBER, WEBHOOK)
         redirect = open_on_phone(check.check_url, sim=NUMBER)
         assert verifier.verify(as_received(redirect["location"])).check_id == check.check_id
-        emulator.control("rotate-key")
+        private_emulator.control("rotate-key")
         now[0] += 60
-    assert emulator.calls()["jwks"] == 2
+    assert private_emulator.calls()["jwks"] == 2
 
 
 def _tamper(name):
