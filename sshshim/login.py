@@ -55,19 +55,19 @@ def _wait_for_allow(socket_path: str, terminal: Terminal) -> str | None:
     """The command to exec once the service allows; Denied for anything else."""
     command = os.environ.get("SSH_ORIGINAL_COMMAND")
     with _connect(socket_path) as sock:
-        sock.sendall(
-            encode(
-                {
-                    "op": OP_LOGIN,
-                    "command": command,
-                    "connection": os.environ.get("SSH_CONNECTION"),
-                    "tty": terminal.is_tty,
-                    "columns": terminal.columns,
-                    "rows": terminal.rows,
-                    "unicode": terminal.unicode,
-                }
-            )
-        )
+        login = {
+            "op": OP_LOGIN,
+            "command": command,
+            "connection": os.environ.get("SSH_CONNECTION"),
+            "tty": terminal.is_tty,
+            "columns": terminal.columns,
+            "rows": terminal.rows,
+            "unicode": terminal.unicode,
+        }
+        try:
+            sock.sendall(encode(login))
+        except OSError:
+            pass  # the service may have answered and closed already: read what it said
         reader = LineReader(sock)
         deadline = time.time() + FIRST_REPLY_TIMEOUT
         expires_at = None

@@ -11,6 +11,32 @@ from webserver.phonecheck import PhoneCheckClient
 from .conftest_helpers import write_tru_json
 from .emulator_fixture import Emulator
 
+MATRIX: list[tuple[str, str, str]] = []
+
+
+@pytest.fixture
+def matrix():
+    """Record one row of the attack/fault matrix: (row, expected, got); returns got."""
+
+    def record(row: str, expected: str, got: str) -> str:
+        MATRIX.append((row, expected, got))
+        return got
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the attack/fault matrix as a table at the end of the run."""
+    if not MATRIX:
+        return
+    width = max(len(row) for row, _, _ in MATRIX)
+    terminalreporter.section(f"attack/fault matrix: {len(MATRIX)} rows")
+    for number, (row, expected, got) in enumerate(MATRIX, 1):
+        mark = "ok  " if expected == got else "FAIL"
+        terminalreporter.write_line(f"{number:3} {mark} {row:<{width}}  expected: {expected}")
+        if expected != got:
+            terminalreporter.write_line(f"{'':9}{'':<{width}}  got:      {got}")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def shim_zipapp():

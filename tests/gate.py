@@ -142,8 +142,12 @@ class Gate:
         users: dict | None = None,
         sshd_options: dict | None = None,
         sftp_subsystem: str = "/usr/lib/openssh/sftp-server",
+        exempt_networks: tuple[str, ...] = (),
+        extra_config: str = "",
     ):
+        self.extra_config = extra_config
         self.sftp_subsystem = sftp_subsystem
+        self.exempt_networks = exempt_networks
         self.emulator = emulator
         self.settings = settings or {}
         self.users = USERS if users is None else users
@@ -199,6 +203,7 @@ class Gate:
         }
         text = "".join(f"{k} = {v}\n" for k, v in lines.items())
         text += "".join(f"user={u}:{p}\n" for u, p in self.users.items() if p)
+        text += self.extra_config
         self.config = self.root / "etc" / "ssh-auth.conf"
         self.config.write_text(text)
         os.chmod(self.config, 0o640)
@@ -224,7 +229,11 @@ class Gate:
         host_key = self.root / "etc" / "host_ed25519"
         run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key))
         dropin = self.root / "etc" / "ssh-auth-dropin.conf"
-        dropin.write_text(render_dropin(shim=str(self.shim), socket=str(self.socket)))
+        dropin.write_text(
+            render_dropin(
+                shim=str(self.shim), socket=str(self.socket), exempt_networks=self.exempt_networks
+            )
+        )
         base = (REPO / "sshd_config").read_text()
         config = self.root / "etc" / "sshd_config"
         base = re.sub(r"(?m)^Include .*\n", "", base)

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -34,35 +35,40 @@ def gate(fragile_gate, emulator):
 
 
 def marker(gate) -> str:
-    path = gate.root / "run" / "command-ran"
-    if path.exists():
-        path.unlink()
-    return str(path)
+    """A file the user's command would create (in /tmp, which the user can write)."""
+    return f"/tmp/sa-ran-{uuid.uuid4().hex}"
 
 
-def assert_denied(gate, session, message: str, path: str, timeout: float = 30) -> None:
+def assert_denied(matrix, row: str, session, message: str, path: str, timeout: float = 30):
+    """Exit 1, nothing on stdout, `message` as the last line, the command never ran."""
     status, out, err = session.finish(timeout=timeout)
-    assert status == 1, err
-    assert out == b""
-    assert err.splitlines()[-1] == message
-    assert not os.path.exists(path), "the command ran"
+    last = err.splitlines()[-1] if err.strip() else "(nothing)"
+    ran = "ran" if os.path.exists(path) else "not run"
+    expected = f"exit 1, stdout empty, command not run: {message}"
+    got = f"exit {status}, stdout {'empty' if not out else out[:20]}, command {ran}: {last}"
+    assert matrix(row, expected, got) == expected
 
 
-def test_service_killed_mid_wait_denies(gate):
+def test_service_killed_mid_wait_denies(gate, matrix):
     path = marker(gate)
     session = gate.ssh("sa-alice", f"touch {path}")
     session.check_url()
     gate.service.stop(signal.SIGKILL)
     assert_denied(
-        gate, session, "ssh-auth: the ssh-auth service failed (connection closed). Access denied.", path
+        matrix,
+        "service: killed mid-wait",
+        session,
+        "ssh-auth: the ssh-auth service failed (connection closed). Access denied.",
+        path,
     )
 
 
-def test_service_not_running_denies(gate):
+def test_service_not_running_denies(gate, matrix):
     gate.service.stop()
     path = marker(gate)
     assert_denied(
-        gate,
+        matrix,
+        "service: not running",
         gate.ssh("sa-alice", f"touch {path}"),
         "ssh-auth: the ssh-auth service is not running. Access denied.",
         path,
@@ -146,25 +152,32 @@ FAKES = [
 
 
 @pytest.mark.parametrize("case, answer, reason", FAKES, ids=[c for c, _, _ in FAKES])
-def test_a_misbehaving_service_denies(gate, case, answer, reason):
+def test_a_misbehaving_service_denies(gate, case, answer, reason, matrix):
     gate.service.stop()
     fake = FakeService(gate.socket, answer)
     try:
         path = marker(gate)
         expected = f"ssh-auth: {reason}" + ("" if reason == "Access denied." else " Access denied.")
-        assert_denied(gate, gate.ssh("sa-alice", f"touch {path}"), expected, path)
+        assert_denied(
+            matrix,
+            f"service: fake service that {case}",
+            gate.ssh("sa-alice", f"touch {path}"),
+            expected,
+            path,
+        )
     finally:
         fake.close()
         gate.socket.unlink()
 
 
-def test_a_silent_service_denies_after_ten_seconds(gate):
+def test_a_silent_service_denies_after_ten_seconds(gate, matrix):
     gate.service.stop()
     fake = FakeService(gate.socket, _send(hold=15))
     try:
         path, started = marker(gate), time.monotonic()
         assert_denied(
-            gate,
+            matrix,
+            "service: fake service that never answers",
             gate.ssh("sa-alice", f"touch {path}"),
             "ssh-auth: the ssh-auth service did not answer. Access denied.",
             path,
@@ -186,7 +199,7 @@ while True:
 """
 
 
-def test_a_socket_served_by_an_untrusted_user_is_refused(gate):
+def test_a_socket_served_by_an_untrusted_user_is_refused(gate, matrix):
     gate.service.stop()
     nobody = pwd.getpwnam("nobody")
     run_dir = gate.socket.parent
@@ -201,7 +214,8 @@ def test_a_socket_served_by_an_untrusted_user_is_refused(gate):
         assert fake.stdout.readline() == "ready\n"
         path = marker(gate)
         assert_denied(
-            gate,
+            matrix,
+            "service: socket served by an untrusted user",
             gate.ssh("sa-alice", f"touch {path}"),
             f"ssh-auth: the ssh-auth socket is served by an untrusted process "
             f"(uid {nobody.pw_uid}). Access denied.",
@@ -228,29 +242,37 @@ def shim_pid(user: str) -> int:
 
 
 @pytest.mark.parametrize("name", ["SIGHUP", "SIGTERM", "SIGQUIT"])
-def test_a_signal_during_the_wait_denies(gate, name):
+def test_a_signal_during_the_wait_denies(gate, name, matrix):
     path = marker(gate)
     session = gate.ssh("sa-alice", f"touch {path}")
     url = session.check_url()
     os.kill(shim_pid("sa-alice"), getattr(signal, name))
-    assert_denied(gate, session, f"ssh-auth: interrupted ({name}). Access denied.", path)
+    assert_denied(
+        matrix,
+        f"signal: {name} during the wait",
+        session,
+        f"ssh-auth: interrupted ({name}). Access denied.",
+        path,
+    )
     assert PhoneHolder(ALICE).scan(url).status_code == 404  # too late: the login is gone
     assert not os.path.exists(path)
 
 
-def test_ctrl_c_at_the_terminal_denies(gate):
+def test_ctrl_c_at_the_terminal_denies(gate, matrix):
     path = marker(gate)
     session = gate.ssh("sa-alice", f"touch {path}", tty=True, stdin=subprocess.PIPE)
     session.check_url()
     session.process.stdin.write(b"\x03")
     session.process.stdin.flush()
     status, out, _ = session.finish()
-    assert status == 1
-    assert "ssh-auth: interrupted (SIGINT). Access denied." in out.decode()
-    assert not os.path.exists(path)
+    shown = "ssh-auth: interrupted (SIGINT). Access denied." in out.decode()
+    ran = "ran" if os.path.exists(path) else "not run"
+    expected = "exit 1, command not run, told: interrupted (SIGINT)"
+    got = f"exit {status}, command {ran}, told: {'interrupted (SIGINT)' if shown else out[-80:]}"
+    assert matrix("signal: Ctrl-C at the terminal", expected, got) == expected
 
 
-def test_client_disconnect_abandons_the_login(gate):
+def test_client_disconnect_abandons_the_login(gate, matrix):
     path = marker(gate)
     session = gate.ssh("sa-alice", f"touch {path}", tty=True, stdin=subprocess.PIPE)
     url = session.check_url()
@@ -258,7 +280,11 @@ def test_client_disconnect_abandons_the_login(gate):
     deadline = time.monotonic() + 10
     while "abandoned" not in gate.service.log_text() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert "login denied user=sa-alice" in gate.service.log_text()
-    assert "the login was abandoned" in gate.service.log_text()
-    assert PhoneHolder(ALICE).scan(url).status_code == 404
-    assert not os.path.exists(path)
+    log = gate.service.log_text()
+    abandoned = "login denied user=sa-alice" in log and "the login was abandoned" in log
+    late = PhoneHolder(ALICE).scan(url).status_code
+    ran = "ran" if os.path.exists(path) else "not run"
+    expected = "audit: denied, abandoned; a late scan gets 404; command not run"
+    audit = "denied, abandoned" if abandoned else "no line"
+    got = f"audit: {audit}; a late scan gets {late}; command {ran}"
+    assert matrix("client: disconnects during the wait", expected, got) == expected

@@ -61,7 +61,7 @@ def approved_master(gate):
         Path(control).unlink(missing_ok=True)
 
 
-def test_scp_legacy_upload_and_download_show_the_qr_on_stderr(gate, local):
+def test_scp_legacy_upload_and_download_show_the_qr_on_stderr(gate, local, matrix):
     scp = ["scp", "-q", "-O", "-P", str(gate.port), *gate.client_options()]
     (HOME / "up.bin").unlink(missing_ok=True)
     _, err, _ = run_approved(gate, [*scp, str(local / "payload.bin"), "sa-alice@127.0.0.1:up.bin"])
@@ -70,9 +70,10 @@ def test_scp_legacy_upload_and_download_show_the_qr_on_stderr(gate, local):
     owned_by_alice(HOME / "down.bin", PAYLOAD[::-1])
     run_approved(gate, [*scp, "sa-alice@127.0.0.1:down.bin", str(local / "down.bin")])
     assert (local / "down.bin").read_bytes() == PAYLOAD[::-1]
+    matrix("sessions: scp -O upload and download after approval", "byte-identical", "byte-identical")
 
 
-def test_scp_over_sftp_through_an_approved_master(gate, local, emulator):
+def test_scp_over_sftp_through_an_approved_master(gate, local, emulator, matrix):
     log_before = len(gate.service.log_text())
     with approved_master(gate) as mux:
         scp = ["scp", "-q", "-P", str(gate.port), *gate.client_options(), *mux]
@@ -87,6 +88,7 @@ def test_scp_over_sftp_through_an_approved_master(gate, local, emulator):
     log = gate.service.log_text()[log_before:]
     assert log.count("started for sa-alice") == 1  # the master's check only
     assert "login reused user=sa-alice" in log
+    matrix("sessions: scp (SFTP mode) over an approved master", "byte-identical", "byte-identical")
 
 
 def sftp_batch(gate, local, mux):
@@ -117,9 +119,10 @@ def sftp_batch(gate, local, mux):
     assert b"sftp-down.bin" in result.stdout
 
 
-def test_sftp_batch_with_the_sftp_server_subsystem(gate, local):
+def test_sftp_batch_with_the_sftp_server_subsystem(gate, local, matrix):
     with approved_master(gate) as mux:
         sftp_batch(gate, local, mux)
+    matrix("sessions: sftp batch, sftp-server subsystem", "byte-identical", "byte-identical")
 
 
 @pytest.fixture(scope="module")
@@ -128,15 +131,16 @@ def internal_sftp_gate(emulator_server):
         yield gate
 
 
-def test_sftp_batch_with_the_internal_sftp_subsystem(internal_sftp_gate, emulator, local):
+def test_sftp_batch_with_the_internal_sftp_subsystem(internal_sftp_gate, emulator, local, matrix):
     try:
         with approved_master(internal_sftp_gate) as mux:
             sftp_batch(internal_sftp_gate, local, mux)
     finally:
         internal_sftp_gate.end_sessions()
+    matrix("sessions: sftp batch, internal-sftp subsystem", "byte-identical", "byte-identical")
 
 
-def test_sftp_without_an_approved_connection_is_refused_at_once(gate, local, emulator):
+def test_sftp_without_an_approved_connection_is_refused_at_once(gate, local, emulator, matrix):
     started = time.monotonic()
     result = subprocess.run(
         ["sftp", "-b", "/dev/null", "-P", str(gate.port), *gate.client_options(), "sa-alice@127.0.0.1"],
@@ -150,6 +154,11 @@ def test_sftp_without_an_approved_connection_is_refused_at_once(gate, local, emu
     assert (
         "login denied user=sa-alice uid=" in gate.service.log_text()
         and "sftp and scp (in SFTP mode) cannot show the phone check" in gate.service.log_text()
+    )
+    matrix(
+        "sessions: sftp with no approved connection",
+        "refused at once, no check",
+        "refused at once, no check",
     )
 
 

@@ -19,6 +19,7 @@ from sshshim.protocol import (
     EVENT_STATUS,
     EVENT_VERDICT,
     FIRST_LINE_TIMEOUT,
+    FIRST_REPLY_TIMEOUT,
     OP_LOGIN,
     LineReader,
     ProtocolError,
@@ -36,6 +37,7 @@ from .registry import Registry
 
 log = logging.getLogger("ssh-auth.broker")
 
+CREATE_BUDGET = FIRST_REPLY_TIMEOUT - 2  # token + create must end before the shim stops waiting
 FIRST_POLL_DELAY = 10.0  # a phone that answers within this costs no GET at all
 STATUS_EVERY = 10.0
 RATE_WINDOW = 600.0
@@ -287,7 +289,9 @@ class Broker:
     def _start_check(self, sock, uid, user, client, phone, request, started) -> Login | None:
         """Create the check and send the challenge; on failure send the verdict and return None."""
         try:
-            check = self.client.create_check(phone, f"{self.public_url}/complete-check")
+            check = self.client.create_check(
+                phone, f"{self.public_url}/complete-check", within=CREATE_BUDGET
+            )
         except ApiUnreachable as error:
             log.error("creating a check for %s: %s", user, error)
             # SECURITY: the only fail-open path: opt-in, API wholly unreachable, at creation only.
@@ -302,7 +306,7 @@ class Broker:
                 Reasons.API_BUSY.format(seconds=error.retry_after)
                 if error.status == 429 and error.retry_after
                 else Reasons.API_REFUSED.format(
-                    detail=f"HTTP {error.status}" if error.status else "bad answer"
+                    detail=f"HTTP {error.status}" if (error.status or 0) >= 400 else "bad answer"
                 )
             )
             self._verdict(sock, uid, user, client, None, started, False, "error", reason)

@@ -105,7 +105,7 @@ class PhoneCheckClient:
 
     # --- public calls ---------------------------------------------------------------------
 
-    def token(self) -> str:
+    def token(self, deadline: float | None = None) -> str:
         """A bearer token, fetched once and reused until 60 s before it expires."""
         with self._token_lock:
             if self._token and time.monotonic() < self._token[1]:
@@ -114,6 +114,7 @@ class PhoneCheckClient:
                 "POST",
                 "/oauth2/v1/token",
                 bearer=False,
+                deadline=deadline,
                 auth=(self.credentials.client_id, self.credentials.client_secret),
                 data={"grant_type": "client_credentials", "scope": "phone_check coverage"},
             )
@@ -123,12 +124,20 @@ class PhoneCheckClient:
             self._token = (token, time.monotonic() + expires_in - TOKEN_MARGIN)
             return token
 
-    def create_check(self, phone_number: str, redirect_url: str | None) -> Check:
-        """Start a PhoneCheck for an E.164 number (digits only); never retried (it costs money)."""
+    def create_check(
+        self, phone_number: str, redirect_url: str | None, within: float | None = None
+    ) -> Check:
+        """Start a PhoneCheck for an E.164 number; never retried (it costs money).
+
+        `within` bounds the whole call, token included: a login cannot wait on a hung API.
+        """
         payload = {"phone_number": phone_number}
         if redirect_url:
             payload["redirect_url"] = redirect_url
-        check = Check.from_json(self._call("POST", "/phone_check/v0.2/checks", json=payload))
+        deadline = time.monotonic() + within if within else None
+        check = Check.from_json(
+            self._call("POST", "/phone_check/v0.2/checks", json=payload, deadline=deadline)
+        )
         if not check.check_url:
             raise PhoneCheckError("malformed answer from the PhoneCheck API: no check_url")
         return check
@@ -162,6 +171,15 @@ class PhoneCheckClient:
 
     # --- plumbing -------------------------------------------------------------------------
 
+    def _timeout(self, deadline: float | None) -> tuple[float, float]:
+        """(connect, read) for one request: the client's own, cut to what a deadline leaves."""
+        if deadline is None:
+            return self.timeout
+        left = deadline - time.monotonic()
+        if left <= 0.05:
+            raise ApiUnreachable("PhoneCheck API did not answer in time")
+        return min(self.timeout[0], left), min(self.timeout[1], left)
+
     def _call(
         self,
         method: str,
@@ -170,6 +188,7 @@ class PhoneCheckClient:
         bearer: bool = True,
         retry: bool = False,
         headers: dict | None = None,
+        deadline: float | None = None,
         **kwargs,
     ) -> dict:
         tries_left = 2 if retry else 1
@@ -178,13 +197,13 @@ class PhoneCheckClient:
             tries_left -= 1
             send_headers = dict(headers or {})
             if bearer:
-                send_headers["Authorization"] = f"Bearer {self.token()}"
+                send_headers["Authorization"] = f"Bearer {self.token(deadline)}"
             try:
                 response = self._session.request(
                     method,
                     self.base_url + path,
                     headers=send_headers,
-                    timeout=self.timeout,
+                    timeout=self._timeout(deadline),
                     allow_redirects=False,
                     **kwargs,
                 )

@@ -1,0 +1,607 @@
+"""The attack/fault matrix through real sshd + real ssh: each row asserts the outcome and message."""
+
+import base64
+import os
+import re
+import socket
+import subprocess
+import time
+import uuid
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+
+import pytest
+import requests
+
+from emulator.models import NETWORK_ERRORS
+from webserver.broker import Reasons
+from webserver.phonecheck import PhoneCheckClient
+
+from .conftest_helpers import gate_with
+from .emulator_fixture import Emulator, open_on_phone
+from .gate import USERS, Gate, PhoneHolder, run
+from .processes import free_port
+
+ALICE, BOB = USERS["sa-alice"], USERS["sa-bob"]
+
+
+def denied(reason: str) -> str:
+    return f"denied: {reason}"
+
+
+def allowed(reason: str) -> str:
+    return f"allowed: {reason}"
+
+
+def attempt(gate, user="sa-alice", options=()):
+    """Start a login whose command leaves a mark only if it runs."""
+    marker = f"/tmp/sa-ran-{uuid.uuid4().hex}"
+    return gate.ssh(user, f"touch {marker}", options=options), marker
+
+
+def outcome(session, marker, timeout=60) -> str:
+    """'allowed: <line>' or 'denied: <line>' from what the user saw; anything odd is BROKEN."""
+    status, out, err = session.finish(timeout=timeout)
+    ran = os.path.exists(marker)
+    lines = [line for line in err.strip().splitlines() if line.startswith("ssh-auth: ")]
+    last = lines[-1].removeprefix("ssh-auth: ") if lines else "(no ssh-auth line)"
+    if status == 0 and ran:
+        return allowed(last)
+    if status == 1 and not ran:
+        return denied(last)
+    return f"BROKEN: exit {status}, command ran: {ran}, saw: {err!r}"
+
+
+def refusal(page, marker: str, words: str, label: str) -> str:
+    """How the phone's page refused, and whether the command ran anyway."""
+    reason = label if words in page.text else page.text[:80]
+    ran = "ran" if os.path.exists(marker) else "not run"
+    return f"refused {page.status_code}: {reason}; command {ran}"
+
+
+# --- create-time faults, in both failmodes ------------------------------------------------
+
+secure_deployment, secure = gate_with("secure", {"failmode": "secure"})
+safe_deployment, safe = gate_with("safe", {"failmode": "safe"})
+DOWN, FAILSAFE = denied(Reasons.API_DOWN), allowed(Reasons.FAILSAFE)
+
+CREATE_FAULTS = [
+    ("API answers 500", {"endpoint": "create", "mode": "status", "status": 500}, DOWN, FAILSAFE),
+    ("API answers 503", {"endpoint": "create", "mode": "status", "status": 503}, DOWN, FAILSAFE),
+    ("API times out", {"endpoint": "create", "mode": "timeout", "seconds": 15}, DOWN, FAILSAFE),
+    ("API drops the connection", {"endpoint": "create", "mode": "close"}, DOWN, FAILSAFE),
+    (
+        "token endpoint answers 500",
+        {"endpoint": "token", "mode": "status", "status": 500},
+        DOWN,
+        FAILSAFE,
+    ),
+    (
+        "API sends a non-JSON body",
+        {"endpoint": "create", "mode": "garbage"},
+        denied(Reasons.API_REFUSED.format(detail="bad answer")),
+        None,
+    ),
+    (
+        "API sends JSON missing fields",
+        {"endpoint": "create", "mode": "partial"},
+        denied(Reasons.API_REFUSED.format(detail="bad answer")),
+        None,
+    ),
+    (
+        "API rate-limits: 429 Retry-After 30",
+        {"endpoint": "create", "mode": "status", "status": 429, "retry_after": 30},
+        denied(Reasons.API_BUSY.format(seconds=30)),
+        None,
+    ),
+    (
+        "API wants payment: 402",
+        {"endpoint": "create", "mode": "status", "status": 402},
+        denied(Reasons.API_REFUSED.format(detail="HTTP 402")),
+        None,
+    ),
+    (
+        "API refuses the credentials: token 401",
+        {"endpoint": "token", "mode": "status", "status": 401},
+        denied(Reasons.API_REFUSED.format(detail="HTTP 401")),
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize("failmode", ["secure", "safe"])
+@pytest.mark.parametrize(
+    "name, fault, secure_expected, safe_expected", CREATE_FAULTS, ids=[row[0] for row in CREATE_FAULTS]
+)
+def test_create_time_fault(
+    request, matrix, emulator, failmode, name, fault, secure_expected, safe_expected
+):
+    gate = request.getfixturevalue(failmode)
+    expected = secure_expected if failmode == "secure" or safe_expected is None else safe_expected
+    emulator.fault(**fault)
+    session, marker = attempt(gate)
+    got = matrix(f"at create: {name} (failmode = {failmode})", expected, outcome(session, marker))
+    assert got == expected
+
+
+unreachable_deployments = {}
+
+
+@pytest.mark.parametrize("failmode, expected", [("secure", DOWN), ("safe", FAILSAFE)])
+def test_api_refusing_connections(emulator_server, matrix, failmode, expected):
+    settings = {"failmode": failmode, "api_base_url": f"http://127.0.0.1:{free_port()}"}
+    with Gate(emulator_server, settings=settings, users={"sa-alice": ALICE}) as gate:
+        session, marker = attempt(gate)
+        got = matrix(
+            f"at create: API refuses connections (failmode = {failmode})",
+            expected,
+            outcome(session, marker),
+        )
+    assert got == expected
+
+
+# --- after creation: errors never let anyone in ---------------------------------------------
+
+
+@pytest.mark.parametrize("failmode", ["secure", "safe"])
+def test_patch_failing_at_approve_denies_in_both_failmodes(request, matrix, emulator, failmode):
+    gate = request.getfixturevalue(failmode)
+    session, marker = attempt(gate)
+    url = session.check_url()
+    emulator.fault("patch", "status", status=500)
+    page = PhoneHolder(ALICE).approve(url)
+    expected = denied(Reasons.PATCH_FAILED.format(detail=500))
+    got = matrix(
+        f"while waiting: PATCH answers 500 (failmode = {failmode})", expected, outcome(session, marker)
+    )
+    assert got == expected and page.status_code == 502
+
+
+def test_get_failing_while_waiting_then_approve(secure, matrix, emulator):
+    session, marker = attempt(secure)
+    url = session.check_url()
+    emulator.fault("get", "status", status=500, count=10)
+    time.sleep(11)  # the fallback GET runs (and fails) after 10 s
+    PhoneHolder(ALICE).approve(url)
+    expected = allowed(Reasons.APPROVED)
+    got = matrix(
+        "while waiting: fallback GET fails, then the phone approves", expected, outcome(session, marker)
+    )
+    assert got == expected
+    assert emulator.calls()["get"] >= 1
+
+
+# --- the network and the phone ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", sorted(NETWORK_ERRORS))
+def test_network_error(secure, matrix, emulator, code):
+    session, marker = attempt(secure)
+    PhoneHolder(ALICE).scan(session.check_url(), network_error=code)
+    expected = denied(Reasons.NETWORK.format(detail=NETWORK_ERRORS[code]))
+    got = matrix(f"network: ERROR {code}", expected, outcome(session, marker))
+    assert got == expected
+
+
+def test_wrong_sim(secure, matrix, emulator):
+    session, marker = attempt(secure)
+    PhoneHolder(BOB).approve(session.check_url())
+    expected = denied(Reasons.NO_MATCH)
+    assert matrix("phone: wrong SIM", expected, outcome(session, marker)) == expected
+
+
+def test_deny_on_the_phone(secure, matrix, emulator):
+    session, marker = attempt(secure)
+    PhoneHolder(ALICE).deny(session.check_url())
+    expected = denied(Reasons.DENIED_ON_PHONE)
+    assert matrix("phone: Deny", expected, outcome(session, marker)) == expected
+
+
+matching_deployment, matching = gate_with("matching", {"number_match": "true"})
+
+
+def test_wrong_pick_under_number_match(matching, matrix, emulator):
+    session, marker = attempt(matching)
+    number = session.wait_for(r"pick the number (\d\d)\.").group(1)
+    holder = PhoneHolder(ALICE)
+    page = holder.scan(session.check_url())
+    holder.phone.answer(page, "approve", next(n for n in holder.phone_picks(page) if n != number))
+    expected = denied(Reasons.WRONG_PICK)
+    assert matrix("phone: wrong pick under number_match", expected, outcome(session, marker)) == expected
+
+
+short_deployment, short = gate_with("short", {"ttl": 10})
+
+
+def test_never_opened_expires(short, matrix, emulator):
+    session, marker = attempt(short)
+    session.check_url()
+    expected = denied(Reasons.EXPIRED)
+    assert matrix("phone: never opened (expired)", expected, outcome(session, marker)) == expected
+
+
+def test_replayed_approve(secure, matrix, emulator):
+    session, marker = attempt(secure)
+    holder = PhoneHolder(ALICE)
+    page = holder.scan(session.check_url())
+    holder.phone.answer(page, "approve")
+    replay = holder.phone.answer(page, "approve")
+    expected = f"{allowed(Reasons.APPROVED)}; replay 409"
+    got = f"{outcome(session, marker)}; replay {replay.status_code}"
+    assert matrix("phone: replayed approve", expected, got) == expected
+
+
+def test_a_page_token_for_another_users_check(secure, matrix, emulator):
+    alice, alice_marker = attempt(secure, "sa-alice")
+    bob, bob_marker = attempt(secure, "sa-bob")
+    alice_page = PhoneHolder(ALICE).scan(alice.check_url())
+    bob_check = bob.check_url().split("/checks/")[1].split("/")[0]
+    token = alice_page.text.split('name="token" value="')[1].split('"')[0]
+    forged = requests.post(
+        f"http://127.0.0.1:{secure.webhook_port}/complete-check",
+        data={"check_id": bob_check, "token": token, "action": "approve"},
+        timeout=10,
+    )
+    PhoneHolder(BOB).deny(bob.check_url())
+    PhoneHolder(ALICE).phone.answer(alice_page, "deny")
+    expected = f"forged {403}; bob {denied(Reasons.DENIED_ON_PHONE)}"
+    got = f"forged {forged.status_code}; bob {outcome(bob, bob_marker)}"
+    outcome(alice, alice_marker)
+    assert matrix("webhook: alice's page token used on bob's check", expected, got) == expected
+
+
+def _redirect_with(location: str, **changes) -> str:
+    query = dict(parse_qsl(urlsplit(location).query))
+    query.update(changes)
+    return f"{location.split('?')[0]}?{urlencode({k: v for k, v in query.items() if v is not None})}"
+
+
+def _swap_kid(location: str) -> str:
+    query = dict(parse_qsl(urlsplit(location).query))
+    inner = query["redirect_url"]
+    head, _, tail = inner.partition("&authorization=")
+    value, _, rest = tail.partition("&")
+    text = base64.b64decode(value.replace("%2B", "+").replace("%2F", "/").replace("%3D", "="))
+    forged = text.decode().replace('keyId="emulator-', 'keyId="attacker-')
+    query["redirect_url"] = (
+        f"{head}&authorization={quote(base64.b64encode(forged.encode()).decode(), safe='')}&{rest}"
+    )
+    return f"{location.split('?')[0]}?{urlencode(query)}"
+
+
+TAMPERING = [
+    (
+        "signature changed",
+        lambda loc: _redirect_with(
+            loc,
+            redirect_url=dict(parse_qsl(urlsplit(loc).query))["redirect_url"].replace(
+                "check_id=", "check_id=0"
+            ),
+        ),
+        "signature is not valid",
+    ),
+    (
+        "code changed",
+        lambda loc: _redirect_with(loc, code="0" * 32),
+        "check_id or code differ from what the API signed",
+    ),
+    ("kid changed", _swap_kid, "the API publishes no key"),
+    (
+        "no redirect_url (require_signature)",
+        lambda loc: _redirect_with(loc, redirect_url=None),
+        "the redirect carries no signature",
+    ),
+]
+
+
+@pytest.mark.parametrize("name, tamper, words", TAMPERING, ids=[t[0] for t in TAMPERING])
+def test_tampered_redirect(secure, matrix, emulator, name, tamper, words):
+    session, marker = attempt(secure)
+    redirect = open_on_phone(session.check_url(), sim=ALICE)
+    answer = requests.get(tamper(redirect["location"]), timeout=10)
+    refused = f"{answer.status_code} {'with reason' if words in answer.text else answer.text[:80]}"
+    page = requests.get(redirect["location"], timeout=10)  # the genuine one still works
+    PhoneHolder(ALICE).phone.answer(page, "approve")
+    expected = f"refused 403 with reason; then {allowed(Reasons.APPROVED)}"
+    got = f"refused {refused}; then {outcome(session, marker)}"
+    assert matrix(f"webhook: tampered redirect, {name}", expected, got) == expected
+
+
+def test_redirect_signed_for_another_host(secure, matrix, emulator, credentials):
+    session, marker = attempt(secure)
+    check = PhoneCheckClient(credentials, emulator.url).create_check(
+        ALICE, "https://attacker.example.test/complete-check"
+    )
+    redirect = open_on_phone(check.check_url, sim=ALICE)
+    query = urlsplit(redirect["location"]).query
+    answer = requests.get(f"http://127.0.0.1:{secure.webhook_port}/complete-check?{query}", timeout=10)
+    PhoneHolder(ALICE).deny(session.check_url())
+    expected = f"refused 403; then {denied(Reasons.DENIED_ON_PHONE)}"
+    got = f"refused {answer.status_code}; then {outcome(session, marker)}"
+    assert matrix("webhook: redirect signed for another host", expected, got) == expected
+
+
+# --- the signing keys: stale date, JWKS down, rotation (an emulator and gate of their own) ----
+
+
+@pytest.fixture
+def keys_gate(tmp_path):
+    with (
+        Emulator(tmp_path / "emulator.log", "--ttl", "3600") as emulator,
+        Gate(emulator, users={"sa-alice": ALICE}) as gate,
+    ):
+        yield gate
+
+
+def test_stale_signed_date(keys_gate, matrix):
+    session, marker = attempt(keys_gate)
+    url = session.check_url()
+    keys_gate.emulator.advance(400)  # the API's clock runs 400 s ahead of ours
+    page = PhoneHolder(ALICE).scan(url)
+    session.kill()
+    expected = "refused 403: stale date; command not run"
+    got = refusal(page, marker, "more than 300 s", "stale date")
+    assert matrix("keys: signed date 400 s off", expected, got) == expected
+
+
+def test_jwks_down_when_the_phone_arrives(keys_gate, matrix):
+    session, marker = attempt(keys_gate)
+    url = session.check_url()
+    keys_gate.emulator.fault("jwks", "status", status=503, count=5)
+    page = PhoneHolder(ALICE).scan(url)
+    session.kill()
+    expected = "refused 403: keys unavailable; command not run"
+    got = refusal(page, marker, "could not be fetched", "keys unavailable")
+    assert matrix("keys: JWKS down when the phone arrives", expected, got) == expected
+
+
+def test_key_rotation_before_and_right_after_a_fetch(keys_gate, matrix):
+    keys_gate.emulator.control("rotate-key")  # before the service's first fetch: no harm
+    session, marker = attempt(keys_gate)
+    PhoneHolder(ALICE).approve(session.check_url())
+    first = outcome(session, marker)
+    keys_gate.emulator.control("rotate-key")  # within a minute of the fetch: refused, not let in
+    session, marker = attempt(keys_gate)
+    page = PhoneHolder(ALICE).scan(session.check_url())
+    session.kill()
+    expected = f"{allowed(Reasons.APPROVED)}; then refused 403: unknown key; command not run"
+    got = f"{first}; then {refusal(page, marker, 'publishes no key', 'unknown key')}"
+    assert (
+        matrix("keys: rotated before the first fetch, then right after one", expected, got) == expected
+    )
+
+
+# --- who is asking: exemptions, registry, names, rate limits, floods --------------------------
+
+POLICY_USERS = {
+    "sa-alice": ALICE,
+    "sa-dave": None,
+    "sa-erin": None,
+    "sa-frank": None,
+    "sa-odd$": "447700900128",
+}
+
+
+@pytest.fixture(scope="module")
+def policy_gate(emulator_server):
+    for group in ("sa-ops", "sa-contractors"):
+        subprocess.run(["groupadd", "-f", group], check=True)
+    settings = {
+        "exempt_users": "sa-dave",
+        "exempt_groups": "sa-ops, !sa-contractors",
+        "max_checks_per_user": "2",
+    }
+    extra = "user=sa-frank:+44 77009\n# a comment\nuser=sa-ghost:447700900130\n"
+    with Gate(
+        emulator_server,
+        settings=settings,
+        users=POLICY_USERS,
+        extra_config=extra,
+        exempt_networks=("127.0.0.2/32",),
+    ) as gate:
+        run("usermod", "-a", "-G", "sa-ops", "sa-erin")
+        run("usermod", "-a", "-G", "sa-ops,sa-contractors", "sa-frank")
+        run("usermod", "-c", "Odd $(id); `reboot` <b>&amp;", "sa-odd$")
+        yield gate
+        gate.end_sessions()
+
+
+def test_exempt_user(policy_gate, matrix, emulator):
+    session, marker = attempt(policy_gate, "sa-dave")
+    expected = allowed(Reasons.EXEMPT)
+    assert matrix("policy: exempt user", expected, outcome(session, marker)) == expected
+
+
+def test_exempt_group(policy_gate, matrix, emulator):
+    session, marker = attempt(policy_gate, "sa-erin")
+    expected = allowed(Reasons.EXEMPT)
+    assert matrix("policy: exempt group", expected, outcome(session, marker)) == expected
+
+
+def test_negated_group_is_not_exempt(policy_gate, matrix, emulator):
+    session, marker = attempt(policy_gate, "sa-frank")  # in sa-ops but also !sa-contractors
+    expected = denied(Reasons.UNREGISTERED)  # and its registry line is malformed
+    got = outcome(session, marker)
+    assert matrix("policy: negated group, malformed registry line", expected, got) == expected
+
+
+def test_exempt_network_skips_the_check(policy_gate, matrix, emulator):
+    session, marker = attempt(policy_gate, "sa-alice", options=("-o", "BindAddress=127.0.0.2"))
+    status, _, err = session.finish(timeout=30)
+    expected = "exit 0, command ran, no phone check"
+    got = (
+        f"exit {status}, command {'ran' if os.path.exists(marker) else 'not run'}, "
+        f"{'no phone check' if 'ssh-auth' not in err else 'phone check asked'}"
+    )
+    assert matrix("policy: exempt network (sshd Match Address)", expected, got) == expected
+    assert "create" not in emulator.calls()
+
+
+def test_shell_metacharacters_in_name_and_gecos(policy_gate, matrix, emulator):
+    session, marker = attempt(policy_gate, "sa-odd$")
+    page = PhoneHolder("447700900128").scan(session.check_url())
+    shown_raw = "<b>" in page.text or "sa-odd$" not in page.text
+    PhoneHolder("447700900128").phone.answer(page, "approve")
+    expected = allowed(Reasons.APPROVED)
+    got = outcome(session, marker)
+    assert matrix("names: user 'sa-odd$' with GECOS '$(id); `reboot` <b>'", expected, got) == expected
+    assert not shown_raw
+
+
+def test_rate_limit(policy_gate, matrix, emulator):
+    for _ in range(2):
+        session, marker = attempt(policy_gate, "sa-alice")
+        PhoneHolder(ALICE).deny(session.check_url())
+        outcome(session, marker)
+    session, marker = attempt(policy_gate, "sa-alice")
+    got = outcome(session, marker)
+    seconds = re.search(r"again in (\d+) s", got)
+    assert seconds and 590 <= int(seconds.group(1)) <= 601, got
+    expected = denied(Reasons.TOO_MANY_ATTEMPTS.format(seconds="N"))
+    got = matrix(
+        "policy: third check in 10 minutes (max_checks_per_user = 2)",
+        expected,
+        got.replace(seconds.group(0), "again in N s"),
+    )
+    assert got == expected
+
+
+HOLD_CONNECTIONS = """
+import socket, sys, time
+held = []
+for _ in range(3):
+    s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); held.append(s)
+print("held", flush=True)
+time.sleep(30)
+"""
+
+
+def test_a_flood_of_socket_connections_from_one_uid(secure, matrix, emulator):
+    flood = subprocess.Popen(
+        [
+            "runuser",
+            "-u",
+            "sa-alice",
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            HOLD_CONNECTIONS,
+            str(secure.socket),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert flood.stdout.readline() == "held\n"
+        session, marker = attempt(secure)
+        expected = denied(Reasons.TOO_MANY_CONNECTIONS)
+        got = matrix(
+            "socket: 3 connections held by the same uid, then a login",
+            expected,
+            outcome(session, marker),
+        )
+    finally:
+        flood.kill()
+        flood.wait()
+        flood.stdout.close()
+    assert got == expected
+
+
+# --- reuse of an approval on the same SSH connection ------------------------------------------
+
+reuse_deployment, reuse = gate_with("reuse", {"connection_reuse_seconds": "3"})
+
+
+def _master(gate):
+    control = f"/tmp/sa-cm-{uuid.uuid4().hex[:12]}"
+    options = ("-o", "ControlMaster=yes", "-o", f"ControlPath={control}")
+    master = gate.ssh("sa-alice", "sleep 60", options=options)
+    PhoneHolder(ALICE).approve(master.check_url())
+    master.wait_for("approved on your phone")
+    return master, ("-o", f"ControlPath={control}", "-o", "ControlMaster=no")
+
+
+def test_reuse_within_and_past_the_window(reuse, matrix, emulator):
+    master, mux = _master(reuse)
+    session, marker = attempt(reuse, options=mux)
+    within = outcome(session, marker)
+    time.sleep(3.5)
+    session, marker = attempt(reuse, options=mux)
+    session.check_url()  # past the window: a new phone check is asked for
+    PhoneHolder(ALICE).deny(session.check_url())
+    past = outcome(session, marker)
+    master.kill()
+    expected = f"{allowed(Reasons.REUSED)}; past: {denied(Reasons.DENIED_ON_PHONE)}"
+    assert (
+        matrix(
+            "reuse: same connection within, then past, the window", expected, f"{within}; past: {past}"
+        )
+        == expected
+    )
+
+
+def test_no_reuse_from_a_different_connection(reuse, matrix, emulator):
+    master, _ = _master(reuse)
+    session, marker = attempt(reuse)  # a new TCP connection: its own check
+    PhoneHolder(ALICE).deny(session.check_url())
+    expected = denied(Reasons.DENIED_ON_PHONE)
+    got = outcome(session, marker)
+    master.kill()
+    assert matrix("reuse: another connection gets its own check", expected, got) == expected
+
+
+# --- forwarding: no way around the ForceCommand ------------------------------------------------
+
+
+def _forward(gate, flags: list[str], probe) -> str:
+    argv = gate.ssh_argv("sa-alice", None, options=("-N", "-o", "ExitOnForwardFailure=yes", *flags))
+    session = gate.client(argv)
+    time.sleep(1.0)
+    result = probe()
+    session.kill()
+    return result
+
+
+def _through(port: int, payload: bytes) -> str:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(payload)
+            data = conn.recv(100)
+    except OSError as error:
+        return f"refused ({type(error).__name__})"
+    return "refused (closed)" if not data else f"OPEN: {data[:40]!r}"
+
+
+@pytest.mark.parametrize("kind", ["-L", "-D", "-R", "-W"])
+def test_forwarding_is_refused(secure, matrix, emulator, kind):
+    local = free_port()
+    target = secure.webhook_port  # something that would answer if the forward worked
+    if kind == "-L":
+        got = _forward(
+            secure,
+            ["-L", f"{local}:127.0.0.1:{target}"],
+            lambda: _through(local, b"GET /healthz HTTP/1.0\r\n\r\n"),
+        )
+    elif kind == "-D":
+        socks = bytes([4, 1]) + target.to_bytes(2, "big") + bytes([127, 0, 0, 1]) + b"\0"
+        got = _forward(secure, ["-D", str(local)], lambda: _through(local, socks))
+    elif kind == "-R":
+        session = secure.client(
+            secure.ssh_argv(
+                "sa-alice",
+                None,
+                options=("-N", "-o", "ExitOnForwardFailure=yes", "-R", f"{local}:127.0.0.1:{target}"),
+            )
+        )
+        status, _, err = session.finish(timeout=30)
+        got = "refused (ssh exited)" if status != 0 and "forwarding failed" in err else err
+    else:
+        session = secure.client(
+            secure.ssh_argv("sa-alice", None, options=("-W", f"127.0.0.1:{target}")),
+            stdin=subprocess.PIPE,
+        )
+        session.process.stdin.write(b"GET /healthz HTTP/1.0\r\n\r\n")
+        session.process.stdin.flush()
+        status, out, _ = session.finish(timeout=30)
+        got = "refused (ssh exited)" if status != 0 and not out else f"OPEN: {out[:40]!r}"
+    assert matrix(f"forwarding: ssh {kind}", got if got.startswith("refused") else "refused", got) == got
+    assert got.startswith("refused")
