@@ -605,3 +605,47 @@ def test_forwarding_is_refused(secure, matrix, emulator, kind):
         got = "refused (ssh exited)" if status != 0 and not out else f"OPEN: {out[:40]!r}"
     assert matrix(f"forwarding: ssh {kind}", got if got.startswith("refused") else "refused", got) == got
     assert got.startswith("refused")
+
+
+open_door_deployment, open_door = gate_with("open_door", {"unregistered": "allow"})
+
+
+def test_unregistered_allowed_by_policy(open_door, matrix, emulator):
+    session, marker = attempt(open_door, "sa-carol")
+    expected = allowed(Reasons.UNREGISTERED_ALLOWED)
+    got = matrix("policy: unregistered user, unregistered = allow", expected, outcome(session, marker))
+    assert got == expected and "create" not in emulator.calls()
+
+
+def test_control_characters_from_outside_are_stripped(secure, matrix, emulator):
+    marker = f"/tmp/sa-ran-{uuid.uuid4().hex}"
+    session = secure.ssh("sa-alice", f"printf '\\033[2J\\a' >/dev/null; touch {marker}")
+    holder = PhoneHolder(ALICE)
+    page = holder.scan(session.check_url())
+    on_page = any(c in page.text for c in "\x1b\x07")
+    holder.phone.answer(page, "deny")
+    outcome(session, marker)
+    # The network's error text (attacker-controlled if the redirect is forged) reaches the user.
+    session, marker = attempt(secure)
+    check_id = session.check_url().split("/checks/")[1].split("/")[0]
+    requests.get(
+        f"http://127.0.0.1:{secure.webhook_port}/complete-check",
+        timeout=10,
+        params={
+            "check_id": check_id,
+            "error": "x",
+            "error_description": "evil\x1b]0;owned\x07\x1b[2J text",
+        },
+    )
+    status, _, err = session.finish(timeout=30)
+    in_terminal = any(c in err for c in "\x1b\x07")
+    in_log = any(c in secure.service.log_text() for c in "\x07")
+    expected = "page clean, terminal clean, log clean"
+    got = (
+        f"page {'DIRTY' if on_page else 'clean'}, terminal {'DIRTY' if in_terminal else 'clean'}"
+        f", log {'DIRTY' if in_log else 'clean'}"
+    )
+    assert (
+        matrix("output: control characters in the command and network text", expected, got) == expected
+    )
+    assert "evil]0;owned[2J text" in err

@@ -325,7 +325,7 @@ class Broker:
             uid,
             user,
             client,
-            request.get("command"),
+            clean(request["command"]) if request["command"] is not None else None,
             number,
             [str(c) for c in choices],
             time.monotonic(),
