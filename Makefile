@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 SHIM   := build/shim.pyz
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-interactive test lint format shim system-packages system-packages-demo clean
+.PHONY: bench demo demo-interactive test lint format shim system-packages system-packages-demo clean
 
 demo: $(STAMP) system-packages-demo shim
 	$(BIN)/python -m tests.demo
@@ -65,3 +65,5 @@ endef
 
 clean:
 	rm -rf build $(VENV) *.egg-info
+bench:	$(STAMP) system-packages shim
+	$(BIN)/python -m benchmarks

@@ -144,7 +144,9 @@ class Gate:
         sftp_subsystem: str = "/usr/lib/openssh/sftp-server",
         exempt_networks: tuple[str, ...] = (),
         extra_config: str = "",
+        service_module: str = "webserver",
     ):
+        self.service_module = service_module
         self.extra_config = extra_config
         self.sftp_subsystem = sftp_subsystem
         self.exempt_networks = exempt_networks
@@ -213,9 +215,10 @@ class Gate:
         """Start ssh-auth-server; ready when its webhook answers and its socket exists."""
         config = self.write_config()
         self.service = ServerProcess(
-            [str(VENV_BIN / "ssh-auth-server"), "--config", str(config)],
+            [str(VENV_BIN / "python"), "-m", self.service_module, "--config", str(config)],
             self.root / "log" / "service.log",
             ready=self._service_ready,
+            cwd=REPO,
         )
         self.service.start()
         self.stack.callback(self.service.stop)

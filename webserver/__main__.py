@@ -10,7 +10,7 @@ import threading
 from .config import DEFAULT_CONFIG, ConfigError, Settings, load_credentials
 
 
-def build(settings: Settings):
+def build(settings: Settings, poll_only: bool = False):
     """Every part of the service, wired from one Settings object."""
     from .app import create_app
     from .audit import Audit
@@ -28,16 +28,18 @@ def build(settings: Settings):
     client = PhoneCheckClient(credentials, base_url)
     if settings.tunnel == "ngrok":
         raise ConfigError("tunnel = ngrok is not available in this version: set public_url")
-    broker = Broker(settings, client, Registry(settings.config_path), Audit(settings.audit_log))
+    broker = Broker(
+        settings, client, Registry(settings.config_path), Audit(settings.audit_log), poll_only=poll_only
+    )
     verifier = RedirectVerifier(JwksCache(client.jwks), settings.webhook_url)
     return broker, create_app(settings, broker, client, verifier)
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, poll_only: bool = False) -> None:
     """Run until SIGTERM/SIGINT: the broker in a thread, the webhook (waitress) in this one."""
     import waitress
 
-    broker, app = build(settings)
+    broker, app = build(settings, poll_only)
     host, port = settings.listen
     server = waitress.create_server(app, host=host, port=port, threads=16, ident="ssh-auth")
     broker_thread = threading.Thread(target=broker.serve_forever, name="broker", daemon=True)
@@ -64,7 +66,7 @@ def serve(settings: Settings) -> None:
             os.unlink(settings.socket)
 
 
-def main(argv=None) -> int:
+def main(argv=None, poll_only: bool = False) -> int:
     """Entry point: one clear line and exit 2 for a configuration problem, never a traceback."""
     parser = argparse.ArgumentParser(prog="ssh-auth-server", description=__doc__)
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="path of ssh-auth.conf")
@@ -73,7 +75,7 @@ def main(argv=None) -> int:
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
     try:
-        serve(Settings.load(args.config))
+        serve(Settings.load(args.config), poll_only)
     except ConfigError as error:
         print(f"ssh-auth-server: {error}", file=sys.stderr)
         return 2

@@ -20,12 +20,20 @@ def _segments(url: str) -> list:
     return [QRData(head.encode(), mode=MODE_ALPHA_NUM), QRData(rest.encode(), mode=MODE_8BIT_BYTE)]
 
 
-def _matrix(url: str, border: int) -> list[list[bool]]:
-    code = qrcode.QRCode(error_correction=ERROR_CORRECT_L, border=border)
+def _matrix(url: str) -> list[list[bool]]:
+    """The code's modules (True = dark), without a quiet zone: encoded once per render."""
+    code = qrcode.QRCode(error_correction=ERROR_CORRECT_L, border=0)
     for segment in _segments(url):
         code.add_data(segment)
     code.make(fit=True)
     return code.get_matrix()
+
+
+def _bordered(matrix: list[list[bool]], border: int) -> list[list[bool]]:
+    """The matrix inside a light quiet zone `border` modules wide."""
+    width = len(matrix[0]) + 2 * border
+    blank = [[False] * width for _ in range(border)]
+    return blank + [[False] * border + row + [False] * border for row in matrix] + blank
 
 
 def render(url: str, columns: int, rows: int, unicode: bool, reserved: int = 0) -> str | None:
@@ -35,8 +43,9 @@ def render(url: str, columns: int, rows: int, unicode: bool, reserved: int = 0) 
     text rows up (the shim then prints the URL above a QR that fills the screen).
     """
     draw = _half_blocks if unicode else _ascii
+    matrix = _matrix(url)
     for border, text_rows in ((2, reserved), (1, reserved), (2, 0), (1, 0)):
-        lines = draw(_matrix(url, border)).splitlines()
+        lines = draw(_bordered(matrix, border)).splitlines()
         if len(lines) + text_rows <= rows and max(map(len, lines)) <= columns:
             return "\n".join(lines)
     return None
