@@ -48,6 +48,7 @@ class Reasons:
 
     APPROVED = "approved on your phone."
     EXEMPT = "this account is exempt from the phone check."
+    ALLOW_ONCE = "an administrator exempted this account from the phone check until {until}."
     UNREGISTERED_ALLOWED = "no phone is registered for this account; let in by policy."
     REUSED = "approved earlier on this SSH connection."
     FAILSAFE = "the phone check service is unreachable; let in by failmode = safe."
@@ -266,6 +267,10 @@ class Broker:
         settings = self.settings
         if is_exempt(user, groups, settings.exempt_users, settings.exempt_groups):
             return True, "exempt", Reasons.EXEMPT
+        until = self.registry.exempt_until(user)
+        if until:
+            when = time.strftime("%H:%M", time.localtime(until))
+            return True, "exempt", Reasons.ALLOW_ONCE.format(until=when)
         if isinstance(connection, str):
             with self._lock:
                 until = self._approved.get((uid, connection), 0)
