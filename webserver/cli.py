@@ -1,7 +1,6 @@
-"""The venv's `ssh-auth` command: create-check runs the shim; version says which one this is."""
+"""The venv's `ssh-auth` command: create-check runs the shim; everything else is administration."""
 
 import sys
-from importlib.metadata import PackageNotFoundError, version
 
 
 def main(argv=None) -> int:
@@ -11,14 +10,9 @@ def main(argv=None) -> int:
         from sshshim.__main__ import main as shim_main
 
         return shim_main(argv)
-    if argv[:1] == ["version"]:
-        try:
-            print(f"ssh-auth {version('ssh-auth')}")
-        except PackageNotFoundError:
-            print("ssh-auth (not installed)")
-        return 0
-    print("usage: ssh-auth {create-check [--socket PATH] | version}", file=sys.stderr)
-    return 2
+    from .admin import main as admin_main
+
+    return admin_main(argv)
 
 
 if __name__ == "__main__":

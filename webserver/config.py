@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from urllib.parse import urlsplit
 
 DEFAULT_CONFIG = "/etc/ssh-auth/ssh-auth.conf"
-REGISTRY_KEYS = frozenset({"user", "header"})  # the tutorial's lines: the registry reads these
+REGISTRY_KEYS = frozenset({"user", "header", "allow_once"})  # lines the registry reads
 
 
 class ConfigError(Exception):
