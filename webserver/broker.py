@@ -13,6 +13,7 @@ import threading
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sshshim.protocol import (
     EVENT_CHALLENGE,
@@ -320,6 +321,7 @@ class Broker:
             )
             self._verdict(sock, uid, user, client, None, started, False, "error", reason)
             return None
+        self._note_balance(check.snapshot_balance)
         ttl = min(self.settings.ttl, check.ttl or self.settings.ttl)
         number, choices = None, []
         if self.settings.number_match:
@@ -356,6 +358,14 @@ class Broker:
         )
         log.info("check %s started for %s from %s", check.check_id, user, client)
         return login
+
+    def _note_balance(self, balance) -> None:
+        """Leave the API's last snapshot_balance beside the socket, for `ssh-auth doctor`."""
+        if balance is not None:
+            try:
+                (Path(self.settings.socket).parent / "balance").write_text(f"{balance}\n")
+            except OSError:
+                pass
 
     def _wait(self, sock: socket.socket, login: Login) -> tuple[bool, str, str]:
         """Wait for the webhook's verdict, polling the API as a fallback, until the deadline."""

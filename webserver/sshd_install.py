@@ -249,15 +249,26 @@ class Installer:
             for change in todo:
                 self.say(_diff(change.path, self.read(change.path), change.data))
             return True
+        created_user = _passwd_entry(self.read("etc/passwd"), SERVICE_USER) is None
         uids = self._service_account()
         priors = {c.path: self.read(c.path) for c in todo}
+        new_dirs = sorted(
+            {
+                str(d.relative_to(self.root))
+                for c in todo
+                for d in self.path(c.path).parents
+                if d.is_relative_to(self.root) and d != self.root and not d.exists()
+            }
+        )
         try:
             for change in todo:
                 self._apply(change, uids)
             self._validate(changes, options)
-            self._record(priors)
+            self._record(priors, new_dirs, created_user)
         except BaseException:
             self._restore(priors)
+            for directory in sorted(new_dirs, key=len, reverse=True):
+                _remove_if_empty(self.path(directory))
             raise
         for change in todo:
             self.say(f"{'removed' if change.data is None else 'wrote'} /{change.path}")
@@ -353,14 +364,22 @@ class Installer:
         if priors:
             self.say("restored every file to what it was before")
 
-    def _record(self, priors: dict[str, bytes | None]) -> None:
-        """Remember each file's bytes from before the first install, for uninstall."""
-        manifest = self._manifest() or {"files": {}}
+    def _record(self, priors: dict[str, bytes | None], new_dirs: list[str], created_user: bool) -> None:
+        """Remember what was there before the first install, for uninstall."""
+        manifest = self._manifest() or {"files": {}, "dirs": [], "created_user": False}
         for relative, data in priors.items():
             manifest["files"].setdefault(
                 relative, None if data is None else base64.b64encode(data).decode()
             )
         target = self.path(MANIFEST)
+        for directory in [
+            str(d.relative_to(self.root))
+            for d in target.parents
+            if d.is_relative_to(self.root) and d != self.root and not d.exists()
+        ]:
+            new_dirs.append(directory)
+        manifest["dirs"] = sorted(set(manifest["dirs"]) | set(new_dirs))
+        manifest["created_user"] = manifest["created_user"] or created_user
         target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         atomic_write(str(target), json.dumps(manifest, indent=1).encode(), 0o600)
 
@@ -383,7 +402,7 @@ class Installer:
             raise InstallError(f"sshd -t refused the new configuration: {error}")
         settings = Settings.parse(next(c for c in changes if c.path == CONFIG).data.decode())
         expected = f"/usr/bin/python3 -I /{SHIM} create-check --socket {settings.socket}"
-        forced = self._effective("forcecommand", "192.0.2.10")
+        forced = self.effective("forcecommand", "192.0.2.10")
         if forced != expected:
             raise InstallError(
                 f"sshd would not run the phone check (ForceCommand is {forced!r}"
@@ -396,7 +415,7 @@ class Installer:
                     ipaddress.ip_network(network, strict=False).network_address,
                 )
             )
-            if self._effective("forcecommand", host) != "none":
+            if self.effective("forcecommand", host) != "none":
                 raise InstallError(f"sshd would still run the phone check for {network}")
 
     def _sshd_config_for_test(self) -> str:
@@ -421,7 +440,8 @@ class Installer:
             os.unlink(config)
         return result.stderr.strip() or f"exit {result.returncode}" if result.returncode else None
 
-    def _effective(self, keyword: str, address: str) -> str | None:
+    def effective(self, keyword: str, address: str) -> str | None:
+        """What sshd would use for `keyword` for a login from `address` (sshd -T -C)."""
         config = self._sshd_config_for_test()
         try:
             result = subprocess.run(
@@ -467,6 +487,14 @@ class Installer:
                 atomic_write(str(target), base64.b64decode(prior), mode)
         self._remove_tutorial_leftovers()
         self.path(MANIFEST).unlink(missing_ok=True)
+        for directory in sorted((manifest or {}).get("dirs", []), key=len, reverse=True):
+            _remove_if_empty(self.path(directory))
+        if (manifest or {}).get("created_user"):
+            argv = ["userdel", SERVICE_USER]
+            if str(self.root) != "/":
+                argv[1:1] = ["--root", str(self.root)]
+            subprocess.run(argv, capture_output=True)
+            self.say(f"removed the system user {SERVICE_USER}")
         if not touched:
             self.say("no record of an ssh-auth install here; removed tutorial leftovers only")
         if saved:
@@ -488,6 +516,13 @@ class Installer:
         if self.read(TUTORIAL_BACKUP) is not None:
             self.path(TUTORIAL_BACKUP).unlink()
             self.say(f"removed the tutorial's backup /{TUTORIAL_BACKUP}")
+
+
+def _remove_if_empty(directory: Path) -> None:
+    try:
+        directory.rmdir()
+    except OSError:
+        pass  # not empty, or gone: either way not ours to remove
 
 
 def _without_block(text: str) -> str:

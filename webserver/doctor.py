@@ -1,0 +1,225 @@
+"""`ssh-auth doctor`: one line per check, ✔ or ✗ with the fix; non-zero exit if any ✗."""
+
+import os
+import pwd
+import socket
+import stat
+import time
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+
+import requests
+
+from sshshim.protocol import SERVICE_USER, peer_uid
+
+from .config import ConfigError, Settings, load_credentials
+from .phonecheck import PhoneCheckClient, PhoneCheckError, base_url_for
+from .registry import entries
+from .sshd_install import SHIM, Installer
+
+LOW_BALANCE = 20
+MAX_SKEW = 30
+BYPASS = {
+    "disableforwarding": "yes",
+    "permittunnel": "no",
+    "permituserrc": "no",
+    "permituserenvironment": "no",
+}
+START_UP_FILES = (".bashrc", ".bash_profile", ".profile", ".zshenv", ".pam_environment")
+
+
+class Report:
+    """Prints each check as it is made and remembers whether any failed."""
+
+    def __init__(self):
+        self.failed = 0
+
+    def ok(self, text: str) -> None:
+        print(f"✔ {text}", flush=True)
+
+    def bad(self, text: str, fix: str) -> None:
+        self.failed += 1
+        print(f"✗ {text} — fix: {fix}", flush=True)
+
+    def warn(self, text: str) -> None:
+        print(f"⚠ {text}", flush=True)
+
+
+def run_checks(config_path: str, root: str = "/") -> int:
+    """Every check in turn; exit status 1 if any failed."""
+    report = Report()
+    try:
+        settings = Settings.load(config_path)
+    except ConfigError as error:
+        report.bad(f"configuration: {error}", "correct the line it names")
+        return 1
+    report.ok(f"configuration {config_path} is valid")
+    client = _check_credentials(report, settings)
+    if client:
+        _check_api(report, client)
+    _check_webhook(report, settings)
+    _check_socket(report, settings)
+    _check_sshd(report, settings, root)
+    _check_users(report, config_path)
+    _check_balance(report, settings)
+    return 1 if report.failed else 0
+
+
+def _check_credentials(report: Report, settings: Settings) -> PhoneCheckClient | None:
+    path = settings.credentials
+    try:
+        info = os.stat(path)
+        credentials = load_credentials(path, require_private=False)
+    except (OSError, ConfigError) as error:
+        report.bad(f"credentials: {error}", "install a tru.json: ssh-auth install --credentials FILE")
+        return None
+    owner = _user_name(info.st_uid)
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        report.bad(
+            f"credentials {path} are readable by other users (mode {stat.S_IMODE(info.st_mode):04o})",
+            f"chmod 600 {path}",
+        )
+    elif owner not in (SERVICE_USER, "root"):
+        report.bad(
+            f"credentials {path} belong to {owner}, not the service", f"chown {SERVICE_USER} {path}"
+        )
+    else:
+        report.ok(f"credentials {path}: mode 0600, owner {owner}")
+    residency = settings.data_residency or credentials.data_residency or "eu"
+    return PhoneCheckClient(
+        credentials, settings.api_base_url or base_url_for(residency), timeout=(3.05, 10.0)
+    )
+
+
+def _check_api(report: Report, client: PhoneCheckClient) -> None:
+    try:
+        client.token()
+        report.ok(f"an access token was obtained from {client.base_url}")
+    except PhoneCheckError as error:
+        report.bad(
+            f"no access token: {error}",
+            "check client_id/client_secret in tru.json, and that this server can reach the API",
+        )
+    try:
+        client.jwks()
+        report.ok("the API's signing keys (JWKS) are reachable")
+    except PhoneCheckError as error:
+        report.bad(f"JWKS unreachable: {error}", "allow HTTPS to the API from this server")
+    try:
+        date = requests.get(client.base_url + "/.well-known/jwks.json", timeout=10).headers["Date"]
+        skew = time.time() - parsedate_to_datetime(date).timestamp()
+    except (requests.RequestException, KeyError, TypeError, ValueError) as error:
+        report.bad(f"clock: the API sent no usable Date ({error})", "check the API is reachable")
+        return
+    if abs(skew) > MAX_SKEW:
+        report.bad(
+            f"clock is {skew:+.0f} s off the API's (signed redirects allow 300 s)",
+            "enable time sync: timedatectl set-ntp true",
+        )
+    else:
+        report.ok(f"clock within {abs(skew):.0f} s of the API's")
+
+
+def _check_webhook(report: Report, settings: Settings) -> None:
+    url = f"{settings.public_url}/healthz"
+    try:
+        ok = requests.get(url, timeout=10).ok
+    except requests.RequestException as error:
+        ok, url = False, f"{url} ({type(error).__name__})"
+    if ok:
+        report.ok(f"the webhook answers at {url}")
+    else:
+        report.bad(
+            f"the webhook does not answer at {url}",
+            "start the service and check public_url and the reverse proxy in front of it",
+        )
+
+
+def _check_socket(report: Report, settings: Settings) -> None:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(3)
+            sock.connect(settings.socket)
+            uid = peer_uid(sock)
+    except OSError as error:
+        report.bad(
+            f"the service socket {settings.socket} does not answer ({error.strerror})",
+            "systemctl enable --now ssh-auth; journalctl -u ssh-auth",
+        )
+        return
+    if _user_name(uid) not in ("root", SERVICE_USER):
+        report.bad(
+            f"the socket {settings.socket} is served by {_user_name(uid)}",
+            "stop that process; only the ssh-auth service may serve the socket",
+        )
+    else:
+        report.ok(f"the service answers on {settings.socket}")
+
+
+def _check_sshd(report: Report, settings: Settings, root: str) -> None:
+    installer = Installer(root, say=lambda _: None)
+    expected = f"/usr/bin/python3 -I /{SHIM} create-check --socket {settings.socket}"
+    forced = installer.effective("forcecommand", "192.0.2.10")
+    if forced == expected:
+        report.ok("sshd runs the phone check for every login (sshd -T)")
+    else:
+        report.bad(
+            f"sshd does not run the phone check (ForceCommand is {forced!r})",
+            "ssh-auth install, then reload sshd",
+        )
+    for keyword, wanted in BYPASS.items():
+        value = installer.effective(keyword, "192.0.2.10")
+        if value == wanted:
+            report.ok(f"{keyword} {value}")
+        else:
+            report.bad(
+                f"{keyword} is {value}: the phone check can be bypassed",
+                f"set {keyword} {wanted} (ssh-auth install does)",
+            )
+
+
+def _check_users(report: Report, config_path: str) -> None:
+    registered = entries(config_path)
+    missing = [user for user, _ in registered if _home(user) is None]
+    if missing:
+        report.bad(
+            f"registered but not on this machine: {', '.join(missing)}", "ssh-auth unregister-user NAME"
+        )
+    else:
+        report.ok(f"{len(registered)} registered user(s), all exist")
+    for user, _ in registered:
+        home = _home(user)
+        found = [name for name in START_UP_FILES if home and (Path(home) / name).exists()]
+        if found:
+            report.warn(
+                f"{user}'s {', '.join(found)} run before the phone check: a user who "
+                "can write their home can opt out (README: known residual)"
+            )
+
+
+def _check_balance(report: Report, settings: Settings) -> None:
+    try:
+        balance = float((Path(settings.socket).parent / "balance").read_text())
+    except (OSError, ValueError):
+        report.ok("balance: no check made yet by this service")
+        return
+    if balance < LOW_BALANCE:
+        report.bad(
+            f"balance low: {balance:g} left after the last check", "top up the account in the console"
+        )
+    else:
+        report.ok(f"balance {balance:g} after the last check")
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _home(user: str) -> str | None:
+    try:
+        return pwd.getpwnam(user).pw_dir
+    except KeyError:
+        return None
