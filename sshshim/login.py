@@ -54,11 +54,19 @@ def _interrupted(number, frame):
 def _wait_for_allow(socket_path: str, terminal: Terminal) -> str | None:
     """The command to exec once the service allows; Denied for anything else."""
     command = os.environ.get("SSH_ORIGINAL_COMMAND")
+    ask(
+        socket_path,
+        terminal,
+        {"op": OP_LOGIN, "command": command, "connection": os.environ.get("SSH_CONNECTION")},
+    )
+    return command
+
+
+def ask(socket_path: str, terminal: Terminal, request: dict) -> None:
+    """Send one request, show its challenge, and return on allow; Denied for anything else."""
     with _connect(socket_path) as sock:
         login = {
-            "op": OP_LOGIN,
-            "command": command,
-            "connection": os.environ.get("SSH_CONNECTION"),
+            **request,
             "tty": terminal.is_tty,
             "columns": terminal.columns,
             "rows": terminal.rows,
@@ -78,7 +86,7 @@ def _wait_for_allow(socket_path: str, terminal: Terminal) -> str | None:
                 reason = clean(message.get("reason") or "")
                 if message.get("allow") is True:
                     terminal.line(f"ssh-auth: {reason or 'approved.'}")
-                    return command
+                    return
                 raise Denied(reason or "Access denied.")
             if event == EVENT_CHALLENGE and expires_at is None:
                 expires_at = _challenge_deadline(message)

@@ -10,6 +10,7 @@ DEFAULT_SOCKET = "/run/ssh-auth/ssh-auth.sock"
 SERVICE_USER = "ssh-auth"
 
 OP_LOGIN = "login"
+OP_VERIFY = "verify"  # root only: check a phone before `ssh-auth register-user` saves it
 EVENT_CHALLENGE = "challenge"
 EVENT_STATUS = "status"
 EVENT_VERDICT = "verdict"

@@ -14,8 +14,9 @@ import pytest
 
 from webserver.sshd_install import Installer, InstallError, InstallOptions
 
+from .conftest_helpers import gate_with
 from .emulator_fixture import VENV_BIN
-from .gate import client_key, ensure_user, run
+from .gate import PhoneHolder, client_key, ensure_user, run
 from .processes import ServerProcess, free_port
 from .test_matrix import _through
 
@@ -437,3 +438,36 @@ def test_installer_errors_are_one_line(target):
     root, credentials, config = target
     with pytest.raises(InstallError, match="give --config FILE or --public-url URL"):
         Installer(str(root), say=lambda _: None).install(InstallOptions(str(root)))
+
+
+verify_deployment, verify_gate = gate_with("verify_gate", {})
+
+
+@pytest.mark.parametrize(
+    "sim, status, saved",
+    [("447700900132", 0, True), ("447700900999", 1, False)],
+    ids=["right SIM: saved", "wrong SIM: not saved"],
+)
+def test_register_user_verify_runs_a_real_check_first(verify_gate, sim, status, saved):
+    before = verify_gate.config.read_text()
+    session = verify_gate.client(
+        [
+            str(VENV_BIN / "ssh-auth"),
+            "register-user",
+            "--verify",
+            "--config",
+            str(verify_gate.config),
+            "sa-carol",
+            "+44 7700 900132",
+        ]
+    )
+    page = PhoneHolder(sim).scan(session.check_url())
+    assert "(register this phone for sa-carol)" in page.text
+    PhoneHolder(sim).phone.answer(page, "approve")
+    code, out, err = session.finish(timeout=30)
+    assert code == status, err
+    assert ("user=sa-carol:447700900132" in verify_gate.config.read_text()) is saved
+    if not saved:
+        assert err.splitlines()[-1].endswith("Not registered.")
+        assert verify_gate.config.read_text() == before
+    verify_gate.config.write_text(before)

@@ -5,8 +5,10 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import pytest
@@ -649,3 +651,34 @@ def test_control_characters_from_outside_are_stripped(secure, matrix, emulator):
         matrix("output: control characters in the command and network text", expected, got) == expected
     )
     assert "evil]0;owned[2J text" in err
+
+
+def test_allow_once_lets_in_until_it_expires(secure, matrix, emulator):
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ssh-auth"),
+            "allow-once",
+            "--config",
+            str(secure.config),
+            "sa-alice",
+            "--for",
+            "1h",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    session, marker = attempt(secure, "sa-alice")
+    during = outcome(session, marker)
+    text = secure.config.read_text()
+    secure.config.write_text(re.sub(r"allow_once=sa-alice:\d+", "allow_once=sa-alice:1", text))
+    session, marker = attempt(secure, "sa-alice")
+    session.check_url()  # expired: the phone check is back
+    PhoneHolder(ALICE).deny(session.check_url())
+    after = outcome(session, marker)
+    until = re.search(r"until (\d\d:\d\d)\.", during)
+    expected = f"{allowed(Reasons.ALLOW_ONCE.format(until='HH:MM'))}; after: " + denied(
+        Reasons.DENIED_ON_PHONE
+    )
+    got = f"{during.replace(until.group(1), 'HH:MM') if until else during}; after: {after}"
+    assert matrix("policy: allow-once for 1h, then expired", expected, got) == expected

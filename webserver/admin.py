@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("user")
         if name == "register-user":
             command.add_argument("phone", help="E.164, e.g. +44 7700 900123")
+            command.add_argument(
+                "--verify",
+                action="store_true",
+                help="run a real phone check on the number before saving it",
+            )
         if name == "allow-once":
             command.add_argument(
                 "--for", dest="duration", required=True, help="how long, e.g. 30m, 1h, 2d"
@@ -84,9 +89,30 @@ def register_user(args) -> int:
         pwd.getpwnam(user)
     except KeyError:
         raise RegistryError(f"no such user on this machine: {user}") from None
+    if args.verify and not _verified(args.config, user, phone):
+        return 1
     changed = set_line(args.config, "user", user, phone)
     print(f"registered {user} as +{phone}" if changed else f"{user} is already +{phone}")
     return 0
+
+
+def _verified(config: str, user: str, phone: str) -> bool:
+    """A full phone check on the number through the running service (QR, page, verdict)."""
+    from sshshim.login import Denied, ask
+    from sshshim.terminal import Terminal
+
+    from .config import Settings
+
+    try:
+        ask(
+            Settings.load(config).socket,
+            Terminal.open(),
+            {"op": "verify", "user": user, "phone": phone, "command": None, "connection": None},
+        )
+    except Denied as denied:
+        print(f"ssh-auth: {denied} Not registered.", file=sys.stderr)
+        return False
+    return True
 
 
 def unregister_user(args) -> int:

@@ -22,6 +22,7 @@ from sshshim.protocol import (
     FIRST_LINE_TIMEOUT,
     FIRST_REPLY_TIMEOUT,
     OP_LOGIN,
+    OP_VERIFY,
     LineReader,
     ProtocolError,
     encode,
@@ -34,7 +35,7 @@ from .audit import Audit, Decision, clean
 from .config import Settings
 from .phonecheck import ApiUnreachable, PhoneCheckClient, PhoneCheckError
 from .policy import is_exempt, is_sftp_session
-from .registry import Registry
+from .registry import E164_DIGITS, Registry
 
 log = logging.getLogger("ssh-auth.broker")
 
@@ -236,6 +237,8 @@ class Broker:
             return self._verdict(
                 sock, uid, user, client, None, started, False, "denied", Reasons.MALFORMED
             )
+        if request["op"] == OP_VERIFY:
+            return self._verify_phone(sock, uid, user, client, request, started)
         groups = [
             grp.getgrgid(gid).gr_name
             for gid in os.getgrouplist(user, entry.pw_gid)
@@ -252,16 +255,46 @@ class Broker:
         try:
             allow, outcome, reason = self._wait(sock, login)
         finally:
-            with self._lock:
-                self._logins.pop(login.check_id, None)
-                for fd in login.wake:
-                    os.close(fd)
+            self._forget(login)
         if allow and isinstance(connection, str) and self.settings.connection_reuse_seconds:
             with self._lock:
                 self._approved[(uid, connection)] = (
                     time.monotonic() + self.settings.connection_reuse_seconds
                 )
         self._verdict(sock, uid, user, client, login.check_id, started, allow, outcome, reason)
+
+    def _verify_phone(self, sock, uid, user, client, request, started) -> None:
+        """Root asks for a check on a number before registering it: the full phone flow."""
+        who = request.get("user")
+        if uid != 0 or not isinstance(who, str) or not E164_DIGITS.fullmatch(str(request.get("phone"))):
+            return self._verdict(
+                sock, uid, user, client, None, started, False, "denied", Reasons.MALFORMED
+            )
+        request = {**request, "command": f"(register this phone for {clean(who)})"}
+        login = self._start_check(sock, uid, clean(who), client, request["phone"], request, started)
+        if login is None:
+            return None
+        try:
+            allow, outcome, reason = self._wait(sock, login)
+        finally:
+            self._forget(login)
+        self._verdict(
+            sock,
+            uid,
+            user,
+            client,
+            login.check_id,
+            started,
+            allow,
+            outcome,
+            f"phone verification for {clean(who)}: {reason}",
+        )
+
+    def _forget(self, login: Login) -> None:
+        with self._lock:
+            self._logins.pop(login.check_id, None)
+            for fd in login.wake:
+                os.close(fd)
 
     def _before_check(self, uid, user, groups, client, connection, phone, sftp):
         """A verdict that needs no phone (exempt, reused, unregistered, rate limited), or None."""
@@ -449,7 +482,7 @@ def _valid_login(request: dict) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 10000
 
     return (
-        request.get("op") == OP_LOGIN
+        request.get("op") in (OP_LOGIN, OP_VERIFY)
         and isinstance(request.get("command"), str | None)
         and isinstance(request.get("connection"), str | None)
         and isinstance(request.get("tty"), bool)
