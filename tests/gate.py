@@ -203,7 +203,7 @@ class Gate:
             "max_checks_per_user": "1000",
             **self.settings,
         }
-        text = "".join(f"{k} = {v}\n" for k, v in lines.items())
+        text = "".join(f"{k} = {v}\n" for k, v in lines.items() if v is not None)
         text += "".join(f"user={u}:{p}\n" for u, p in self.users.items() if p)
         text += self.extra_config
         self.config = self.root / "etc" / "ssh-auth.conf"

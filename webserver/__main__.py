@@ -1,6 +1,7 @@
 """ssh-auth-server: load settings, build client + broker + app, serve the webhook and the socket."""
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -8,6 +9,7 @@ import sys
 import threading
 
 from .config import DEFAULT_CONFIG, ConfigError, Settings, load_credentials
+from .tunnel import open_public_url
 
 
 def build(settings: Settings, poll_only: bool = False):
@@ -26,8 +28,6 @@ def build(settings: Settings, poll_only: bool = False):
     except ValueError as error:
         raise ConfigError(f"{settings.credentials}: data_residency {error}") from None
     client = PhoneCheckClient(credentials, base_url)
-    if settings.tunnel == "ngrok":
-        raise ConfigError("tunnel = ngrok is not available in this version: set public_url")
     broker = Broker(
         settings, client, Registry(settings.config_path), Audit(settings.audit_log), poll_only=poll_only
     )
@@ -39,6 +39,7 @@ def serve(settings: Settings, poll_only: bool = False) -> None:
     """Run until SIGTERM/SIGINT: the broker in a thread, the webhook (waitress) in this one."""
     import waitress
 
+    settings = dataclasses.replace(settings, public_url=open_public_url(settings))
     broker, app = build(settings, poll_only)
     host, port = settings.listen
     server = waitress.create_server(app, host=host, port=port, threads=16, ident="ssh-auth")
