@@ -161,7 +161,9 @@ class Gate:
 
     def __enter__(self) -> "Gate":
         try:
-            self._deploy()
+            self.prepare()
+            self.start_service()
+            self._start_sshd()
         except BaseException:
             self.stack.close()
             raise
@@ -171,7 +173,8 @@ class Gate:
         self.end_sessions()
         self.stack.close()
 
-    def _deploy(self) -> None:
+    def prepare(self) -> None:
+        """Every file of the deployment (shim, keys, users, configs), no process started."""
         # Short, root-owned, world-traversable: the shim runs as the login user, and the
         # socket path must stay under 108 bytes.
         self.root = Path(tempfile.mkdtemp(prefix="sa-", dir="/tmp"))
@@ -187,8 +190,8 @@ class Gate:
         self.key = client_key()
         for user in self.users:
             ensure_user(user, self.key.with_suffix(".pub").read_text())
-        self.start_service()
-        self._start_sshd()
+        self.write_config()
+        self.sshd_argv = self._sshd_files()
 
     def write_config(self) -> Path:
         """ssh-auth.conf for this deployment: settings first, then the registry lines."""
@@ -213,7 +216,7 @@ class Gate:
 
     def start_service(self) -> None:
         """Start ssh-auth-server; ready when its webhook answers and its socket exists."""
-        config = self.write_config()
+        config = self.config
         self.service = ServerProcess(
             [str(VENV_BIN / "python"), "-m", self.service_module, "--config", str(config)],
             self.root / "log" / "service.log",
@@ -227,7 +230,8 @@ class Gate:
         healthy = requests.get(f"http://127.0.0.1:{self.webhook_port}/healthz", timeout=1).ok
         return healthy and self.socket.exists()
 
-    def _start_sshd(self) -> None:
+    def _sshd_files(self) -> list[str]:
+        """The sshd config, host key and drop-in; returns the sshd command line for them."""
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
         host_key = self.root / "etc" / "host_ed25519"
         run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key))
@@ -256,7 +260,10 @@ class Gate:
         argv = ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)]
         for name, value in options.items():
             argv += ["-o", f"{name}={value}"]
-        self.sshd = ServerProcess(argv, self.root / "log" / "sshd.log", ready=self._sshd_ready)
+        return argv
+
+    def _start_sshd(self) -> None:
+        self.sshd = ServerProcess(self.sshd_argv, self.root / "log" / "sshd.log", ready=self._sshd_ready)
         self.sshd.start()
         self.stack.callback(self.sshd.stop)
 
