@@ -49,6 +49,28 @@ def ensure_user(name: str, public_key: str) -> None:
     shutil.chown(ssh_dir / "authorized_keys", name, name)
 
 
+def ssh_client_options(key: Path) -> list[str]:
+    """Client options for a private test sshd: our key only, no prompts, no known_hosts."""
+    return [
+        "-F",
+        "/dev/null",
+        "-i",
+        str(key),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "ConnectTimeout=10",
+    ]
+
+
 @functools.cache
 def client_key() -> Path:
     """One client key for every gate of this run (each writes it to the users' authorized_keys)."""
@@ -275,24 +297,7 @@ class Gate:
 
     def client_options(self) -> list[str]:
         """Options every OpenSSH client (ssh, scp, sftp) needs for this gate, port aside."""
-        return [
-            "-F",
-            "/dev/null",
-            "-i",
-            str(self.key),
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "ConnectTimeout=10",
-        ]
+        return ssh_client_options(self.key)
 
     def ssh_command(self) -> str:
         """`ssh ...` as one string, for rsync -e and GIT_SSH_COMMAND."""

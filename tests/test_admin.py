@@ -16,7 +16,7 @@ from webserver.sshd_install import Installer, InstallError, InstallOptions
 
 from .conftest_helpers import gate_with
 from .emulator_fixture import VENV_BIN
-from .gate import PhoneHolder, client_key, ensure_user, run
+from .gate import PhoneHolder, client_key, ensure_user, run, ssh_client_options
 from .processes import ServerProcess, free_port
 from .test_matrix import _through
 
@@ -271,23 +271,7 @@ def test_the_installed_drop_in_gates_logins_and_refuses_forwarding(target, tmp_p
         "-o",
         "LogLevel=VERBOSE",
     ]
-    base = [
-        "ssh",
-        "-F",
-        "/dev/null",
-        "-p",
-        str(port),
-        "-i",
-        str(client_key()),
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "LogLevel=ERROR",
-    ]
+    base = ["ssh", "-p", str(port), *ssh_client_options(client_key())]
 
     def ssh(*args, **kwargs):
         return subprocess.run(

@@ -249,13 +249,10 @@ class Broker:
         decided = self._before_check(uid, user, groups, client, connection, phone, sftp)
         if decided:
             return self._verdict(sock, uid, user, client, None, started, *decided)
-        login = self._start_check(sock, uid, user, client, phone, request, started)
-        if login is None:
+        checked = self._check(sock, uid, user, client, phone, request, started)
+        if checked is None:
             return None
-        try:
-            allow, outcome, reason = self._wait(sock, login)
-        finally:
-            self._forget(login)
+        login, (allow, outcome, reason) = checked
         if allow and isinstance(connection, str) and self.settings.connection_reuse_seconds:
             with self._lock:
                 self._approved[(uid, connection)] = (
@@ -271,13 +268,10 @@ class Broker:
                 sock, uid, user, client, None, started, False, "denied", Reasons.MALFORMED
             )
         request = {**request, "command": f"(register this phone for {clean(who)})"}
-        login = self._start_check(sock, uid, clean(who), client, request["phone"], request, started)
-        if login is None:
+        checked = self._check(sock, uid, clean(who), client, request["phone"], request, started)
+        if checked is None:
             return None
-        try:
-            allow, outcome, reason = self._wait(sock, login)
-        finally:
-            self._forget(login)
+        login, (allow, outcome, reason) = checked
         self._verdict(
             sock,
             uid,
@@ -290,11 +284,19 @@ class Broker:
             f"phone verification for {clean(who)}: {reason}",
         )
 
-    def _forget(self, login: Login) -> None:
-        with self._lock:
-            self._logins.pop(login.check_id, None)
-            for fd in login.wake:
-                os.close(fd)
+    def _check(self, sock, uid, user, client, phone, request, started):
+        """Create the check, show it, wait for its verdict: (login, verdict), or None if the
+        check could not even start (its verdict was sent already)."""
+        login = self._start_check(sock, uid, user, client, phone, request, started)
+        if login is None:
+            return None
+        try:
+            return login, self._wait(sock, login)
+        finally:
+            with self._lock:
+                self._logins.pop(login.check_id, None)
+                for fd in login.wake:
+                    os.close(fd)
 
     def _before_check(self, uid, user, groups, client, connection, phone, sftp):
         """A verdict that needs no phone (exempt, reused, unregistered, rate limited), or None."""
