@@ -2,10 +2,11 @@
 
 import json
 import os
+import subprocess
 
 import pytest
 
-from .emulator_fixture import CLIENT_ID, CLIENT_SECRET
+from .emulator_fixture import CLIENT_ID, CLIENT_SECRET, VENV_BIN
 
 
 def write_tru_json(path, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, mode=0o600):
@@ -45,3 +46,13 @@ def gate_with(name: str, settings: dict):
         gate.end_sessions()
 
     return deployment, per_test
+
+
+def start_service(config) -> subprocess.CompletedProcess:
+    """Run ssh-auth-server on a config it should refuse; its exit status and stderr."""
+    return subprocess.run(
+        [str(VENV_BIN / "ssh-auth-server"), "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )

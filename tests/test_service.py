@@ -2,12 +2,11 @@
 
 import json
 import socket
-import subprocess
 import time
 
 import requests
 
-from .emulator_fixture import VENV_BIN
+from .conftest_helpers import start_service
 
 LOGIN = {
     "v": 1,
@@ -85,12 +84,7 @@ def test_the_fallback_get_ends_a_login_whose_redirect_never_arrives(gate, emulat
 def test_service_refuses_a_bad_config_in_one_line(tmp_path):
     config = tmp_path / "ssh-auth.conf"
     config.write_text("public_url = https://x.example\ncolour = blue\n")
-    result = subprocess.run(
-        [str(VENV_BIN / "ssh-auth-server"), "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = start_service(config)
     assert result.returncode == 2
     assert result.stderr == f"ssh-auth-server: {config} line 2: unknown setting 'colour'\n"
 
@@ -101,12 +95,7 @@ def test_service_refuses_credentials_others_can_read(tmp_path):
     tru.chmod(0o644)
     config = tmp_path / "ssh-auth.conf"
     config.write_text(f"public_url = https://x.example\ncredentials = {tru}\n")
-    result = subprocess.run(
-        [str(VENV_BIN / "ssh-auth-server"), "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = start_service(config)
     assert result.returncode == 2
     assert result.stderr == (
         f"ssh-auth-server: {tru} is readable by other users (mode 0644): chmod 600 {tru}\n"

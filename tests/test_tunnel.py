@@ -1,7 +1,6 @@
 """The public URL: as configured, or learned from an ngrok tunnel (pyngrok) — never downloaded."""
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -9,7 +8,8 @@ import pytest
 from webserver.config import ConfigError, Settings
 from webserver.tunnel import open_public_url
 
-from .emulator_fixture import VENV_BIN, open_on_phone
+from .conftest_helpers import start_service
+from .emulator_fixture import open_on_phone
 from .gate import USERS, Gate
 
 FAKE_AGENT = Path(__file__).parent / "fixtures" / "fake-ngrok"
@@ -51,12 +51,7 @@ def test_a_missing_agent_is_one_clear_line_at_start(tmp_path, credentials):
         f"socket = {tmp_path}/s.sock\nlisten = 127.0.0.1:0\n"
         f"credentials = {tmp_path}/tru.json\n"
     )
-    result = subprocess.run(
-        [str(VENV_BIN / "ssh-auth-server"), "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = start_service(config)
     assert result.returncode == 2
     assert result.stderr == (
         f"ssh-auth-server: tunnel = ngrok, but there is no ngrok agent at "
