@@ -86,7 +86,6 @@ class Login:
     """One login waiting for its phone; the webhook finds it by check_id."""
 
     check_id: str
-    uid: int
     user: str
     client: str
     command: str | None
@@ -112,14 +111,12 @@ class Broker:
         audit: Audit,
         max_per_uid: int = 3,
         max_total: int = 512,
-        public_url: str | None = None,
         poll_only: bool = False,
     ):
         # poll_only: learn verdicts only from the GET every poll_interval, as the tutorial's
         # design does; used by the benchmarks to compare, never by the service itself.
         self.poll_only = poll_only
         self.settings, self.client, self.registry, self.audit = settings, client, registry, audit
-        self.public_url = public_url or settings.public_url
         self.max_per_uid, self.max_total = max_per_uid, max_total
         self.hostname = socket.gethostname()
         self._lock = threading.Lock()
@@ -239,14 +236,11 @@ class Broker:
             )
         if request["op"] == OP_VERIFY:
             return self._verify_phone(sock, uid, user, client, request, started)
-        groups = [
-            grp.getgrgid(gid).gr_name
-            for gid in os.getgrouplist(user, entry.pw_gid)
-            if _group_exists(gid)
-        ]
-        phone = self.registry.phone_for(user)
+        phone, exempt_until = self.registry.lookup(user)
         sftp = is_sftp_session(request.get("command"), request["tty"])
-        decided = self._before_check(uid, user, groups, client, connection, phone, sftp)
+        decided = self._before_check(
+            uid, user, _group_names(user, entry.pw_gid), client, connection, phone, exempt_until, sftp
+        )
         if decided:
             return self._verdict(sock, uid, user, client, None, started, *decided)
         checked = self._check(sock, uid, user, client, phone, request, started)
@@ -298,14 +292,13 @@ class Broker:
                 for fd in login.wake:
                     os.close(fd)
 
-    def _before_check(self, uid, user, groups, client, connection, phone, sftp):
+    def _before_check(self, uid, user, groups, client, connection, phone, exempt_until, sftp):
         """A verdict that needs no phone (exempt, reused, unregistered, rate limited), or None."""
         settings = self.settings
         if is_exempt(user, groups, settings.exempt_users, settings.exempt_groups):
             return True, "exempt", Reasons.EXEMPT
-        until = self.registry.exempt_until(user)
-        if until:
-            when = time.strftime("%H:%M", time.localtime(until))
+        if exempt_until:
+            when = time.strftime("%H:%M", time.localtime(exempt_until))
             return True, "exempt", Reasons.ALLOW_ONCE.format(until=when)
         if isinstance(connection, str):
             with self._lock:
@@ -318,7 +311,7 @@ class Broker:
             if settings.unregistered == "allow":
                 return True, "exempt", Reasons.UNREGISTERED_ALLOWED
             return False, "denied", Reasons.UNREGISTERED
-        if not self.public_url:
+        if not self.settings.public_url:
             return False, "error", Reasons.NO_PUBLIC_URL
         now = time.monotonic()
         with self._lock:
@@ -335,7 +328,7 @@ class Broker:
         """Create the check and send the challenge; on failure send the verdict and return None."""
         try:
             check = self.client.create_check(
-                phone, f"{self.public_url}/complete-check", within=CREATE_BUDGET
+                phone, self.settings.webhook_url, within=CREATE_BUDGET
             )
         except ApiUnreachable as error:
             log.error("creating a check for %s: %s", user, error)
@@ -368,7 +361,6 @@ class Broker:
         rendering = qr.render(check.check_url, columns, rows, request["unicode"], reserved)
         login = Login(
             check.check_id,
-            uid,
             user,
             client,
             clean(request["command"]) if request["command"] is not None else None,
@@ -494,9 +486,12 @@ def _valid_login(request: dict) -> bool:
     )
 
 
-def _group_exists(gid: int) -> bool:
-    try:
-        grp.getgrgid(gid)
-    except KeyError:
-        return False
-    return True
+def _group_names(user: str, primary_gid: int) -> list[str]:
+    """The names of every group the user is in (gids without a name are skipped)."""
+    names = []
+    for gid in os.getgrouplist(user, primary_gid):
+        try:
+            names.append(grp.getgrgid(gid).gr_name)
+        except KeyError:
+            continue
+    return names

@@ -37,18 +37,16 @@ class Registry:
         self._phones: dict[str, str] = {}
         self._allow_once: dict[str, float] = {}
 
+    def lookup(self, user: str) -> tuple[str | None, float | None]:
+        """(registered number or None, end of a current `allow-once` exemption or None)."""
+        with self._lock:
+            self._reload_if_changed()
+            phone, until = self._phones.get(user), self._allow_once.get(user, 0.0)
+        return phone, until if until > time.time() else None
+
     def phone_for(self, user: str) -> str | None:
         """The registered number (E.164 digits) for a user, or None."""
-        with self._lock:
-            self._reload_if_changed()
-            return self._phones.get(user)
-
-    def exempt_until(self, user: str) -> float | None:
-        """The end of the user's temporary exemption (`ssh-auth allow-once`), if still current."""
-        with self._lock:
-            self._reload_if_changed()
-            until = self._allow_once.get(user, 0.0)
-        return until if until > time.time() else None
+        return self.lookup(user)[0]
 
     def _reload_if_changed(self) -> None:
         try:
