@@ -107,11 +107,11 @@ def test_install_writes_every_file_with_its_owner_and_mode(target):
     ):
         assert setting in unit
     installer = Installer(str(root), say=lambda _: None)
-    assert installer.effective("forcecommand", "192.0.2.1") == (
+    assert installer.effective("192.0.2.1")["forcecommand"] == (
         "/usr/bin/python3 -I /usr/local/lib/ssh-auth/shim.pyz create-check "
         "--socket /run/ssh-auth/ssh-auth.sock"
     )
-    assert installer.effective("disableforwarding", "192.0.2.1") == "yes"
+    assert installer.effective("192.0.2.1")["disableforwarding"] == "yes"
     shim = subprocess.run(
         [
             "/usr/bin/python3",

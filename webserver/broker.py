@@ -327,9 +327,7 @@ class Broker:
     def _start_check(self, sock, uid, user, client, phone, request, started) -> Login | None:
         """Create the check and send the challenge; on failure send the verdict and return None."""
         try:
-            check = self.client.create_check(
-                phone, self.settings.webhook_url, within=CREATE_BUDGET
-            )
+            check = self.client.create_check(phone, self.settings.webhook_url, within=CREATE_BUDGET)
         except ApiUnreachable as error:
             log.error("creating a check for %s: %s", user, error)
             # SECURITY: the only fail-open path: opt-in, API wholly unreachable, at creation only.

@@ -15,7 +15,7 @@ from sshshim.protocol import SERVICE_USER, peer_uid
 from .config import ConfigError, Settings, load_credentials
 from .phonecheck import PhoneCheckClient, PhoneCheckError, base_url_for
 from .registry import entries
-from .sshd_install import SHIM, Installer
+from .sshd_install import Installer, forced_command
 
 LOW_BALANCE = 20
 MAX_SKEW = 30
@@ -157,10 +157,9 @@ def _check_socket(report: Report, settings: Settings) -> None:
 
 
 def _check_sshd(report: Report, settings: Settings, root: str) -> None:
-    installer = Installer(root, say=lambda _: None)
-    expected = f"/usr/bin/python3 -I /{SHIM} create-check --socket {settings.socket}"
-    forced = installer.effective("forcecommand", "192.0.2.10")
-    if forced == expected:
+    effective = Installer(root, say=lambda _: None).effective("192.0.2.10")
+    forced = effective.get("forcecommand")
+    if forced == forced_command(settings.socket):
         report.ok("sshd runs the phone check for every login (sshd -T)")
     else:
         report.bad(
@@ -168,7 +167,7 @@ def _check_sshd(report: Report, settings: Settings, root: str) -> None:
             "ssh-auth install, then reload sshd",
         )
     for keyword, wanted in BYPASS.items():
-        value = installer.effective(keyword, "192.0.2.10")
+        value = effective.get(keyword)
         if value == wanted:
             report.ok(f"{keyword} {value}")
         else:

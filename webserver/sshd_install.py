@@ -241,7 +241,7 @@ class Installer:
         self._sshd_valid_before()
         changes = self.plan(options)
         self._refuse_lockout(changes, options)
-        todo = [c for c in changes if self.read(c.path) != c.data or not self._owned(c)]
+        todo = [c for c in changes if self.read(c.path) != c.data or not self._mode_right(c)]
         if not todo:
             self.say("ssh-auth is already installed as asked: nothing to change.")
             return False
@@ -283,7 +283,7 @@ class Installer:
         )
         return True
 
-    def _owned(self, change: Change) -> bool:
+    def _mode_right(self, change: Change) -> bool:
         if change.data is None:
             return True
         info = self.path(change.path).stat()
@@ -401,9 +401,8 @@ class Installer:
         if error:
             raise InstallError(f"sshd -t refused the new configuration: {error}")
         settings = Settings.parse(next(c for c in changes if c.path == CONFIG).data.decode())
-        expected = f"/usr/bin/python3 -I /{SHIM} create-check --socket {settings.socket}"
-        forced = self.effective("forcecommand", "192.0.2.10")
-        if forced != expected:
+        forced = self.effective("192.0.2.10").get("forcecommand")
+        if forced != forced_command(settings.socket):
             raise InstallError(
                 f"sshd would not run the phone check (ForceCommand is {forced!r}"
                 " for a login from 192.0.2.10): another ForceCommand comes first?"
@@ -415,7 +414,7 @@ class Installer:
                     ipaddress.ip_network(network, strict=False).network_address,
                 )
             )
-            if self.effective("forcecommand", host) != "none":
+            if self.effective(host).get("forcecommand") != "none":
                 raise InstallError(f"sshd would still run the phone check for {network}")
 
     def _sshd_config_for_test(self) -> str:
@@ -440,8 +439,8 @@ class Installer:
             os.unlink(config)
         return result.stderr.strip() or f"exit {result.returncode}" if result.returncode else None
 
-    def effective(self, keyword: str, address: str) -> str | None:
-        """What sshd would use for `keyword` for a login from `address` (sshd -T -C)."""
+    def effective(self, address: str) -> dict[str, str]:
+        """sshd's effective settings for a login from `address` (one `sshd -T -C` run)."""
         config = self._sshd_config_for_test()
         try:
             result = subprocess.run(
@@ -458,11 +457,7 @@ class Installer:
             )
         finally:
             os.unlink(config)
-        for line in result.stdout.splitlines():
-            name, _, value = line.partition(" ")
-            if name == keyword:
-                return value
-        return None
+        return dict(line.partition(" ")[::2] for line in result.stdout.splitlines())
 
     # --- uninstall ---------------------------------------------------------------------
 
@@ -516,6 +511,11 @@ class Installer:
         if self.read(TUTORIAL_BACKUP) is not None:
             self.path(TUTORIAL_BACKUP).unlink()
             self.say(f"removed the tutorial's backup /{TUTORIAL_BACKUP}")
+
+
+def forced_command(socket: str) -> str:
+    """The ForceCommand the drop-in sets, as `sshd -T` reports it."""
+    return f"/usr/bin/python3 -I /{SHIM} create-check --socket {socket}"
 
 
 def _remove_if_empty(directory: Path) -> None:
