@@ -135,7 +135,6 @@ def create_app(model: Model, signer: Signer, controls: Controls, phone_page: boo
     def reset():
         model.reset()
         controls.reset()
-        model.clock.offset = 0.0
         return jsonify({"reset": True})
 
     @app.post("/_emulator/rotate-key")

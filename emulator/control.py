@@ -59,7 +59,7 @@ class Controls:
 
     def reset(self) -> None:
         """Clear counters and faults."""
-        with getattr(self, "_lock", threading.Lock()):
+        with self._lock:
             self.calls: Counter[str] = Counter()
             self.faults: list[Fault] = []
 

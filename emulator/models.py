@@ -107,8 +107,9 @@ class Model:
         self.reset()
 
     def reset(self) -> None:
-        """Forget every token, check and rate-limit window."""
-        with getattr(self, "_lock", threading.Lock()):
+        """Forget every token, check and rate-limit window, and undo clock advances."""
+        with self._lock:
+            self.clock.offset = 0.0
             self.tokens: dict[str, float] = {}
             self.checks: dict[str, Check] = {}
             self.balance = self.initial_balance

@@ -339,11 +339,6 @@ class Gate:
         while self.sessions:
             self.sessions.pop().kill()
 
-    def restart_service(self) -> None:
-        """Stop and start ssh-auth-server with the same configuration."""
-        self.service.stop()
-        self.service.start()
-
 
 class PhoneHolder:
     """A person holding a phone with one SIM: scans a QR, then approves, denies or picks."""

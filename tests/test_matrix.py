@@ -334,26 +334,32 @@ def keys_gate(tmp_path):
         yield gate
 
 
-def test_stale_signed_date(keys_gate, matrix):
-    session, marker = attempt(keys_gate)
-    url = session.check_url()
-    keys_gate.emulator.advance(400)  # the API's clock runs 400 s ahead of ours
-    page = PhoneHolder(ALICE).scan(url)
-    session.kill()
-    expected = "refused 403: stale date; command not run"
-    got = refusal(page, marker, "more than 300 s", "stale date")
-    assert matrix("keys: signed date 400 s off", expected, got) == expected
+KEY_FAULTS = [
+    # (row, how the API's side breaks, words on the refusal page, label)
+    (
+        "keys: signed date 400 s off",
+        lambda emulator: emulator.advance(400),
+        "more than 300 s",
+        "stale date",
+    ),
+    (
+        "keys: JWKS down when the phone arrives",
+        lambda emulator: emulator.fault("jwks", "status", status=503, count=5),
+        "could not be fetched",
+        "keys unavailable",
+    ),
+]
 
 
-def test_jwks_down_when_the_phone_arrives(keys_gate, matrix):
+@pytest.mark.parametrize("row, breaks, words, label", KEY_FAULTS, ids=[k[3] for k in KEY_FAULTS])
+def test_key_faults_refuse_the_redirect(keys_gate, matrix, row, breaks, words, label):
     session, marker = attempt(keys_gate)
     url = session.check_url()
-    keys_gate.emulator.fault("jwks", "status", status=503, count=5)
+    breaks(keys_gate.emulator)
     page = PhoneHolder(ALICE).scan(url)
     session.kill()
-    expected = "refused 403: keys unavailable; command not run"
-    got = refusal(page, marker, "could not be fetched", "keys unavailable")
-    assert matrix("keys: JWKS down when the phone arrives", expected, got) == expected
+    expected = f"refused 403: {label}; command not run"
+    assert matrix(row, expected, refusal(page, marker, words, label)) == expected
 
 
 def test_key_rotation_before_and_right_after_a_fetch(keys_gate, matrix):

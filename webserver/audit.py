@@ -2,19 +2,19 @@
 
 import json
 import logging
-import re
 import threading
 import time
 from dataclasses import asdict, dataclass
 
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+from sshshim.terminal import clean as clean_lines
+
 OUTCOMES = frozenset({"allowed", "denied", "exempt", "reused", "failsafe", "error"})
 log = logging.getLogger("ssh-auth.audit")
 
 
 def clean(value) -> str:
-    """User- or network-supplied text with control characters removed (no log injection)."""
-    return CONTROL_CHARACTERS.sub("", str(value))
+    """User- or network-supplied text on one line, control characters removed (no log injection)."""
+    return clean_lines(value).replace("\n", "")
 
 
 @dataclass(frozen=True)
