@@ -437,7 +437,9 @@ class Installer:
             )
         finally:
             os.unlink(config)
-        return result.stderr.strip() or f"exit {result.returncode}" if result.returncode else None
+        if result.returncode == 0:
+            return None
+        return result.stderr.strip() or f"exit {result.returncode}"
 
     def effective(self, address: str) -> dict[str, str]:
         """sshd's effective settings for a login from `address` (one `sshd -T -C` run)."""
