@@ -43,7 +43,10 @@ def ensure_user(name: str, public_key: str) -> None:
     home = Path(f"/home/{name}")
     ssh_dir = home / ".ssh"
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
-    (ssh_dir / "authorized_keys").write_text(public_key)
+    keys = ssh_dir / "authorized_keys"
+    present = keys.read_text() if keys.exists() else ""
+    if public_key.strip() not in present:  # added, never replaced: test runs may overlap
+        keys.write_text(present + public_key.strip() + "\n")
     os.chmod(ssh_dir / "authorized_keys", 0o600)
     shutil.chown(ssh_dir, name, name)
     shutil.chown(ssh_dir / "authorized_keys", name, name)

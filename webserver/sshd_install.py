@@ -430,6 +430,8 @@ class Installer:
         return handle.name
 
     def _sshd_test(self) -> str | None:
+        # sshd -t insists on its privilege separation directory, which only its own unit makes.
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
         config = self._sshd_config_for_test()
         try:
             result = subprocess.run(
