@@ -170,7 +170,9 @@ class Gate:
         exempt_networks: tuple[str, ...] = (),
         extra_config: str = "",
         service_module: str = "webserver",
+        shim_python: str = "/usr/bin/python3",
     ):
+        self.shim_python = shim_python
         self.service_module = service_module
         self.extra_config = extra_config
         self.sftp_subsystem = sftp_subsystem
@@ -263,7 +265,10 @@ class Gate:
         dropin = self.root / "etc" / "ssh-auth-dropin.conf"
         dropin.write_text(
             render_dropin(
-                shim=str(self.shim), socket=str(self.socket), exempt_networks=self.exempt_networks
+                shim=str(self.shim),
+                socket=str(self.socket),
+                exempt_networks=self.exempt_networks,
+                python=self.shim_python,
             )
         )
         base = (REPO / "sshd_config").read_text()

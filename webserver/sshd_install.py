@@ -23,6 +23,7 @@ from .policy import is_exempt
 from .registry import parse_entry
 
 DEFAULT_SHIM = "/usr/local/lib/ssh-auth/shim.pyz"
+SHIM_PYTHON = "/usr/bin/python3"  # the system interpreter every login user can run
 FORWARDING_OFF = "DisableForwarding yes\n"
 EXEMPT_BLOCK = """
 # Logins from these networks skip the phone check (decided by sshd, not by what a client says).
@@ -36,9 +37,10 @@ def render_dropin(
     socket: str = "/run/ssh-auth/ssh-auth.sock",
     allow_forwarding: bool = False,
     exempt_networks: tuple[str, ...] = (),
+    python: str = SHIM_PYTHON,
 ) -> str:
     """The drop-in's text: the ForceCommand, what stops it being bypassed, exempt networks."""
-    for name, value in (("shim", shim), ("socket", socket)):
+    for name, value in (("shim", shim), ("socket", socket), ("python", python)):
         if not value.startswith("/") or any(c.isspace() or c in "\"'\\" for c in value):
             raise ValueError(f"{name} path must be absolute, without spaces or quotes: {value!r}")
     networks = []
@@ -49,7 +51,7 @@ def render_dropin(
             raise ValueError(f"not a network address: {network!r} (e.g. 10.0.0.0/8)") from None
     template = files("webserver").joinpath("sshd_dropin.conf").read_text(encoding="utf-8")
     text = template.format(
-        shim=shim, socket=socket, forwarding="" if allow_forwarding else FORWARDING_OFF
+        python=python, shim=shim, socket=socket, forwarding="" if allow_forwarding else FORWARDING_OFF
     )
     if networks:
         text += EXEMPT_BLOCK.format(networks=",".join(networks))
@@ -519,7 +521,7 @@ class Installer:
 
 def forced_command(socket: str) -> str:
     """The ForceCommand the drop-in sets, as `sshd -T` reports it."""
-    return f"/usr/bin/python3 -I /{SHIM} create-check --socket {socket}"
+    return f"{SHIM_PYTHON} -I /{SHIM} create-check --socket {socket}"
 
 
 def _remove_if_empty(directory: Path) -> None:
