@@ -27,12 +27,10 @@ format: $(STAMP)
 
 shim: $(SHIM)
 
-# The archive's own __main__ exits with main()'s status (zipapp -m would drop it: a deny must exit 1).
-$(SHIM): $(wildcard sshshim/*.py)
-	rm -rf build/shim-src && mkdir -p build/shim-src
-	cp -r sshshim build/shim-src/ && rm -rf build/shim-src/sshshim/__pycache__
-	printf 'import sys\nfrom sshshim.__main__ import main\nsys.exit(main())\n' > build/shim-src/__main__.py
-	$(PYTHON) -m zipapp build/shim-src -p '/usr/bin/python3 -I' -o $(SHIM)
+# The one shim builder (the installer uses it too): deterministic bytes, an entry stub that
+# refuses a system Python older than 3.9 in one line.
+$(SHIM): $(wildcard sshshim/*.py) webserver/shim_build.py
+	$(PYTHON) -m webserver.shim_build $(SHIM)
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,10 +38,13 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# Debian packages: the demo needs OpenSSH; the tests also sftp-server, rsync, git and a headless
-# browser. Installed when missing (as root); never enabled as system services.
+# Debian packages: the demo needs OpenSSH; the tests also sftp-server, rsync, git, a headless
+# browser, debootstrap (Debian 11's Python 3.9, the oldest system Python the shim supports),
+# nginx (the documented reverse proxy) and systemd (systemd-analyze verify for the unit).
+# Installed when missing (as root), with a policy-rc.d in place so that none of them starts as a
+# system service; the tests start their own.
 DEMO_PACKAGES := openssh-server openssh-client
-TEST_PACKAGES := $(DEMO_PACKAGES) openssh-sftp-server rsync git tmux chromium chromium-driver
+TEST_PACKAGES := $(DEMO_PACKAGES) openssh-sftp-server rsync git tmux chromium chromium-driver debootstrap nginx systemd
 
 system-packages-demo:
 	@$(call apt_ensure,$(DEMO_PACKAGES))
@@ -56,7 +57,9 @@ missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | g
 if [ -n "$$missing" ]; then \
   if [ "$$(id -u)" = 0 ]; then \
     echo "installing: $$missing"; \
+    guard=; if [ ! -e /usr/sbin/policy-rc.d ]; then guard=1; printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; fi; \
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+    status=$$?; [ -z "$$guard" ] || rm -f /usr/sbin/policy-rc.d; [ $$status = 0 ] || exit $$status; \
   else \
     echo "missing Debian packages: $$missing. Run: sudo apt-get install $$missing" >&2; exit 1; \
   fi; \

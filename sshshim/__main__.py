@@ -1,5 +1,7 @@
 """The shim's entry (zipapp and `ssh-auth create-check`): parse argv, gate the login, exit."""
 
+from __future__ import annotations
+
 import argparse
 import sys
 

@@ -1,7 +1,10 @@
 """One login: connect, send, show the challenge, wait for the verdict. Every other path denies."""
 
+from __future__ import annotations
+
 import os
 import pwd
+import select
 import signal
 import socket
 import time
@@ -17,12 +20,18 @@ from .protocol import (
     VERDICT_GRACE,
     LineReader,
     ProtocolError,
+    clean,
     encode,
     peer_uid,
 )
-from .terminal import Terminal, clean
+from .terminal import Terminal
 
 TRAPPED = (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT)
+# Without a pty sshd sends no SIGHUP when the client goes: the session's stdout and stderr
+# pipes report POLLERR/POLLHUP instead. (stdin's EOF is no sign: `ssh host cmd </dev/null`.)
+CLIENT_STREAMS = (1, 2)
+HANGUP = select.POLLERR | select.POLLHUP | select.POLLNVAL
+CLIENT_GONE = "the SSH client went away. Access denied."
 
 
 class Denied(Exception):
@@ -36,6 +45,8 @@ def run(socket_path: str) -> int:
         signal.signal(number, _interrupted)
     try:
         command = _wait_for_allow(socket_path, terminal)
+        if client_gone():  # SECURITY: no verdict may run a command for a client that has left
+            raise Denied(CLIENT_GONE)
         shell.exec_shell(command)  # returns only if the exec failed
         terminal.line("ssh-auth: your shell could not be started. Access denied.")
     except Denied as denied:
@@ -49,6 +60,14 @@ def _interrupted(number, frame):
     for each in TRAPPED:
         signal.signal(each, signal.SIG_IGN)  # one line, then out: no second interruption
     raise Denied(f"interrupted ({signal.Signals(number).name}). Access denied.")
+
+
+def client_gone() -> bool:
+    """Whether sshd has closed the session's stdout or stderr (the client disconnected)."""
+    poller = select.poll()
+    for fd in CLIENT_STREAMS:
+        poller.register(fd, 0)  # no events asked for: only hang-ups and errors are reported
+    return any(event & HANGUP for _, event in poller.poll(0))
 
 
 def _wait_for_allow(socket_path: str, terminal: Terminal) -> str | None:
@@ -76,11 +95,9 @@ def ask(socket_path: str, terminal: Terminal, request: dict) -> None:
             sock.sendall(encode(login))
         except OSError:
             pass  # the service may have answered and closed already: read what it said
-        reader = LineReader(sock)
-        deadline = time.time() + FIRST_REPLY_TIMEOUT
-        expires_at = None
+        waiting = _Wait(sock, terminal)
         while True:
-            message = _next_message(reader, sock, deadline, expires_at, terminal)
+            message = waiting.next_message()
             event = message.get("event")
             if event == EVENT_VERDICT:
                 reason = clean(message.get("reason") or "")
@@ -88,10 +105,10 @@ def ask(socket_path: str, terminal: Terminal, request: dict) -> None:
                     terminal.line(f"ssh-auth: {reason or 'approved.'}")
                     return
                 raise Denied(reason or "Access denied.")
-            if event == EVENT_CHALLENGE and expires_at is None:
-                expires_at = _challenge_deadline(message)
+            if event == EVENT_CHALLENGE and waiting.expires_at is None:
+                waiting.expires_at = _challenge_deadline(message)
                 terminal.show_challenge(message)
-                deadline = expires_at + VERDICT_GRACE
+                waiting.deadline = waiting.expires_at + VERDICT_GRACE
             elif event != EVENT_STATUS:
                 raise Denied("the ssh-auth service sent a malformed answer. Access denied.")
 
@@ -126,25 +143,54 @@ def _trusted_uids() -> set[int]:
 
 def _challenge_deadline(message: dict) -> float:
     expires_at = message.get("expires_at")
-    if not isinstance(message.get("check_url"), str) or not isinstance(expires_at, int | float):
+    valid_time = isinstance(expires_at, (int, float)) and not isinstance(expires_at, bool)
+    if not isinstance(message.get("check_url"), str) or not valid_time:
         raise Denied("the ssh-auth service sent a malformed challenge. Access denied.")
     return float(expires_at)
 
 
-def _next_message(reader, sock, deadline, expires_at, terminal) -> dict:
-    """The next message, ticking the countdown each second; Denied once the deadline passes."""
-    while True:
-        left = deadline - time.time()
-        if left <= 0:
-            if expires_at is None:
-                raise Denied("the ssh-auth service did not answer. Access denied.")
-            raise Denied("no verdict from the ssh-auth service in time. Access denied.")
-        sock.settimeout(min(1.0, left))
+class _Wait:
+    """Waits on the service's socket and on the client's streams, ticking the countdown."""
+
+    def __init__(self, sock: socket.socket, terminal: Terminal):
+        self.sock, self.terminal = sock, terminal
+        self.reader = LineReader(sock)
+        self.deadline = time.time() + FIRST_REPLY_TIMEOUT
+        self.expires_at: float | None = None
+        self.poller = select.poll()
+        self.poller.register(sock, select.POLLIN)
+        for fd in CLIENT_STREAMS:
+            self.poller.register(fd, 0)
+        self._next_tick = time.monotonic() + 1
+
+    def next_message(self) -> dict:
+        """The next message; Denied once the deadline passes or the client has gone."""
+        while True:
+            try:
+                message = self.reader.buffered()
+            except ProtocolError as error:
+                raise Denied(f"the ssh-auth service failed ({error}). Access denied.") from None
+            if message is not None:
+                return message
+            left = self.deadline - time.time()
+            if left <= 0:
+                if self.expires_at is None:
+                    raise Denied("the ssh-auth service did not answer. Access denied.")
+                raise Denied("no verdict from the ssh-auth service in time. Access denied.")
+            wait = min(left, max(0.0, self._next_tick - time.monotonic()))
+            for fd, event in self.poller.poll(wait * 1000):
+                if fd != self.sock.fileno() and event & HANGUP:
+                    raise Denied(CLIENT_GONE)
+                if fd == self.sock.fileno():
+                    self._receive()
+            if time.monotonic() >= self._next_tick:
+                self._next_tick = time.monotonic() + 1
+                if self.expires_at is not None:
+                    self.terminal.countdown(self.expires_at - time.time())
+
+    def _receive(self) -> None:
         try:
-            return reader.read_message()
-        except TimeoutError:
-            if expires_at is not None:
-                terminal.countdown(expires_at - time.time())
+            self.reader.feed()
         except ProtocolError as error:
             raise Denied(f"the ssh-auth service failed ({error}). Access denied.") from None
         except OSError as error:

@@ -1,8 +1,12 @@
 """THE shim <-> service wire protocol (DESIGN §4): JSON objects, one per line, bounded. Stdlib only."""
 
+from __future__ import annotations
+
 import json
 import socket
 import struct
+import time
+import unicodedata
 
 VERSION = 1
 MAX_LINE = 64 * 1024
@@ -17,11 +21,20 @@ EVENT_VERDICT = "verdict"
 
 FIRST_REPLY_TIMEOUT = 10.0  # the shim's wait for the service's first line
 VERDICT_GRACE = 10.0  # the shim waits until expires_at + this for the verdict
-FIRST_LINE_TIMEOUT = 5.0  # the service's wait for the shim's login line
+FIRST_LINE_TIMEOUT = 5.0  # the service's wait for the shim's login line: a total deadline
+
+# Control characters, format characters (bidi overrides such as U+202E, zero-width marks),
+# surrogates and line/paragraph separators: none of them may reach a terminal, a log or a page.
+UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 
 class ProtocolError(Exception):
     """The peer broke the protocol: closed, bad JSON, over-long line, wrong version or shape."""
+
+
+def clean(text) -> str:
+    """Text from outside with control and format characters removed (newlines kept)."""
+    return "".join(c for c in str(text) if c == "\n" or unicodedata.category(c) not in UNSAFE_CATEGORIES)
 
 
 def encode(message: dict) -> bytes:
@@ -47,27 +60,49 @@ def decode(line: bytes) -> dict:
 
 def peer_uid(sock: socket.socket) -> int:
     """The uid of the process at the other end of a Unix socket, as the kernel reports it."""
+    return peer_credentials(sock)[1]
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process that connected the other end, as the kernel reports it."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1]
+    return struct.unpack("3i", creds)
 
 
 class LineReader:
-    """Reads bounded lines from a socket whose timeout the caller sets."""
+    """Reads bounded lines from a socket."""
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self.buffer = b""
 
-    def read_message(self) -> dict:
-        """The next message; socket.timeout if none yet, ProtocolError if the peer misbehaves."""
-        while b"\n" not in self.buffer:
-            if len(self.buffer) > MAX_LINE:
-                raise ProtocolError("line too long")
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ProtocolError("connection closed")
-            self.buffer += chunk
+    def buffered(self) -> dict | None:
+        """The next complete message already received, or None."""
+        if b"\n" not in self.buffer:
+            return None
         line, _, self.buffer = self.buffer.partition(b"\n")
         if len(line) > MAX_LINE:
             raise ProtocolError("line too long")
         return decode(line)
+
+    def feed(self) -> None:
+        """Receive what the peer sent (one recv); ProtocolError when it closed or sends too much."""
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ProtocolError("connection closed")
+        self.buffer += chunk
+        if b"\n" not in self.buffer and len(self.buffer) > MAX_LINE:
+            raise ProtocolError("line too long")
+
+    def read_message(self, deadline: float | None = None) -> dict:
+        """The next message; socket.timeout once `deadline` (time.monotonic) has passed."""
+        while True:
+            message = self.buffered()
+            if message is not None:
+                return message
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("no complete line in time")
+                self.sock.settimeout(left)  # the whole line, not each read, is bounded
+            self.feed()

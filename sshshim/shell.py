@@ -1,5 +1,7 @@
 """Exec the user's passwd shell (login shell, or -c SSH_ORIGINAL_COMMAND) with default signals."""
 
+from __future__ import annotations
+
 import os
 import pwd
 import signal

@@ -1,18 +1,15 @@
 """Where the shim's words go: the terminal, else stderr, never stdout (it would corrupt scp/rsync)."""
 
+from __future__ import annotations
+
 import os
-import re
 import sys
 import time
 
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+from .protocol import clean
+
 PLAIN_STATUS_EVERY = 30  # seconds between "still waiting" lines when there is no tty
 HEADER = "ssh-auth: confirm this login with your phone (Wi-Fi off, mobile data on):"
-
-
-def clean(text) -> str:
-    """Text from outside with control characters (escape sequences, CR, BEL...) removed."""
-    return CONTROL_CHARACTERS.sub("", str(text))
 
 
 def text_below(check_url: str, number) -> list[str]:
@@ -66,7 +63,7 @@ class Terminal:
         self.show_countdown = True
 
     @classmethod
-    def open(cls) -> "Terminal":
+    def open(cls) -> Terminal:
         """The controlling tty for interactive sessions; stderr for scp, sftp, rsync, git."""
         if os.isatty(0):
             try:

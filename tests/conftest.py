@@ -1,8 +1,5 @@
 """Fixtures shared by every test: the emulator server and an API client pointed at it."""
 
-import subprocess
-from pathlib import Path
-
 import pytest
 
 from webserver.config import load_credentials
@@ -40,10 +37,12 @@ def pytest_terminal_summary(terminalreporter):
 
 @pytest.fixture(scope="session", autouse=True)
 def shim_zipapp():
-    """The shim exactly as deployed, rebuilt if sshshim/ changed (never test a stale zipapp)."""
-    subprocess.run(
-        ["make", "-s", "shim"], cwd=Path(__file__).parent.parent, check=True, stdout=subprocess.DEVNULL
-    )
+    """The shim exactly as deployed, from the one builder at every run (never a stale zipapp)."""
+    from webserver.shim_build import write
+
+    from .gate import SHIM_BUILD
+
+    write(str(SHIM_BUILD))
 
 
 @pytest.fixture(scope="session")
