@@ -8,6 +8,7 @@ The tutorial's design is the same service learning verdicts only from a GET ever
 """
 
 import argparse
+import json
 import os
 import random
 import statistics
@@ -155,36 +156,43 @@ def ssh_baseline(gate: Gate, runs: int) -> list[float]:
     return times
 
 
+# Runs inside an SSH login (the service refuses callers outside one): starts the shim as sshd
+# would and times its first QR byte, once per argument.
+GATE_PART = """
+import json, os, subprocess, sys, time
+times = []
+for _ in range(int(sys.argv[3])):
+    started = time.perf_counter()
+    shim = subprocess.Popen(["/usr/bin/python3", "-I", sys.argv[1], "create-check", "--socket",
+        sys.argv[2]], env={**os.environ, "LANG": "C.UTF-8", "SSH_ORIGINAL_COMMAND": "true"},
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen = b""
+    while "\u2588".encode() not in seen:
+        chunk = os.read(shim.stderr.fileno(), 65536)
+        if not chunk:
+            sys.exit("the shim ended before its QR: " + repr(seen[-200:]))
+        seen += chunk
+    times.append(time.perf_counter() - started)
+    shim.kill(); shim.wait()
+print(json.dumps(times))
+"""
+
+
 def gate_part(gate: Gate, runs: int) -> list[float]:
-    """The gate's own share of time-to-QR: from sshd starting the shim to the first QR byte."""
-    times = []
-    for run in range(runs):
-        env = {
-            "LANG": "C.UTF-8",
-            "PATH": "/usr/bin:/bin",
-            "SSH_ORIGINAL_COMMAND": "true",
-            "SSH_CONNECTION": f"127.0.0.1 {40000 + run} 127.0.0.1 22",
-        }
-        started = time.perf_counter()
-        shim = subprocess.Popen(
-            ["/usr/bin/python3", "-I", str(gate.shim), "create-check", "--socket", str(gate.socket)],
-            user="sa-alice",
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        seen = b""
-        while QR_BYTES not in seen:
-            chunk = os.read(shim.stderr.fileno(), 65536)
-            if not chunk:
-                raise RuntimeError(f"the shim ended before its QR: {seen[-200:]!r}")
-            seen += chunk
-        times.append(time.perf_counter() - started)
-        shim.kill()
-        shim.wait()
-        shim.stderr.close()
-    return times
+    """The gate's own share of time-to-QR: from the shim's start to the first QR byte.
+
+    Timed inside a real SSH login that sshd exempts (so it runs a shell, not the shim), from the
+    same connection the service sees: the shim starts there exactly as sshd would start it.
+    """
+    script = gate.root / "lib" / "gate_part.py"
+    script.write_text(GATE_PART)
+    script.chmod(0o644)
+    command = f"/usr/bin/python3 {script} {gate.shim} {gate.socket} {runs}"
+    argv = gate.ssh_argv("sa-alice", command, options=("-o", "BindAddress=127.0.0.2"))
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    if result.returncode:
+        raise RuntimeError(result.stderr.strip())
+    return json.loads(result.stdout)
 
 
 def proc_status(pid: int) -> dict:

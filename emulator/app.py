@@ -2,7 +2,6 @@
 
 import socket
 import time
-from urllib.parse import urlencode
 
 from flask import Flask, Response, g, jsonify, redirect, render_template, request
 from werkzeug.exceptions import HTTPException
@@ -10,7 +9,7 @@ from werkzeug.exceptions import HTTPException
 from . import problems
 from .control import Controls, Fault
 from .models import Model
-from .signing import Signer, add_query
+from .signing import Signer
 
 API_ENDPOINTS = {"token", "create", "get", "patch", "redirect", "jwks"}
 
@@ -156,11 +155,14 @@ def create_app(model: Model, signer: Signer, controls: Controls, phone_page: boo
         if not target:
             return jsonify({"check_id": check_id, "code": result.code, "error": result.error})
         if result.code:
-            return redirect(signer.sign_redirect(target, check_id, result.code, model.clock()), 302)
-        query = urlencode(
-            {"check_id": check_id, "error": result.error, "error_description": result.description}
-        )
-        return redirect(add_query(target, query), 302)
+            params = {"check_id": check_id, "code": result.code}
+        else:
+            params = {
+                "check_id": check_id,
+                "error": result.error,
+                "error_description": result.description,
+            }
+        return redirect(signer.sign_redirect(target, params, model.clock()), 302)
 
     return app
 

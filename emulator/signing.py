@@ -44,9 +44,12 @@ class Signer:
             jwk.update({"kid": self.kid, "use": "sig", "alg": "RS256"})
         return {"keys": [jwk]}
 
-    def sign_redirect(self, redirect_url: str, check_id: str, code: str, now: float) -> str:
-        """The device's final URL: redirect_url with check_id, code and a signed redirect_url."""
-        params = f"check_id={quote(check_id, safe='')}&code={quote(code, safe='')}"
+    def sign_redirect(self, redirect_url: str, params: dict[str, str], now: float) -> str:
+        """The device's final URL: redirect_url with the params and a signed copy of itself.
+
+        params are check_id and code on success, check_id, error and error_description on failure.
+        """
+        params = "&".join(f"{name}={quote(value, safe='')}" for name, value in params.items())
         inner = add_query(redirect_url, params)
         parts = urlsplit(inner)
         date = formatdate(now, usegmt=True)

@@ -3,7 +3,7 @@
 import pytest
 
 from webserver.config import ConfigError, Settings
-from webserver.registry import Registry, parse_entry
+from webserver.registry import Registration, Registry, RegistryUnavailable, parse_entry
 
 BASE = "public_url = https://ssh.example.com\n"
 
@@ -72,6 +72,9 @@ user=alice:447700900123
         ("listen = 8080", "line 2: listen must be HOST:PORT"),
         ("require_signature = maybe", "line 2: require_signature must be true or false"),
         ("socket = relative.sock", "line 2: socket must be an absolute path"),
+        ("poll_interval = nan", "line 2: poll_interval must be a finite number"),
+        ("poll_interval = inf", "line 2: poll_interval must be a finite number"),
+        ("max_checks_per_minute = 0", "line 2: max_checks_per_minute must be at least 1"),
         ("public_url = ftp://x", "line 1"),
         ("just words", "line 2: expected 'key = value'"),
     ],
@@ -103,10 +106,48 @@ def test_registry_lines(line, entry):
     assert parse_entry(line) == entry
 
 
-def test_registry_skips_malformed_lines_and_reloads_on_change(tmp_path):
+def test_registry_reloads_on_change_and_marks_malformed_entries(tmp_path):
     path = tmp_path / "ssh-auth.conf"
     path.write_text(BASE + "user=alice:447700900123\nuser=bob:not-a-number\n")
     registry = Registry(str(path))
-    assert (registry.phone_for("alice"), registry.phone_for("bob")) == ("447700900123", None)
+    assert registry.lookup("alice") == Registration("447700900123")
+    # A typo in bob's number must not make him "unregistered" (unregistered = allow lets in).
+    assert registry.lookup("bob") == Registration(None, None, malformed=True)
+    assert registry.lookup("carol") == Registration()
     path.write_text(BASE + "user=bob:447700900456\n")
-    assert (registry.phone_for("alice"), registry.phone_for("bob")) == (None, "447700900456")
+    assert (registry.lookup("alice").phone, registry.lookup("bob")) == (
+        None,
+        Registration("447700900456"),
+    )
+
+
+def test_a_registry_that_cannot_be_read_is_an_error_not_an_empty_registry(tmp_path):
+    path = tmp_path / "ssh-auth.conf"
+    path.write_text(BASE + "user=alice:447700900123\n")
+    registry = Registry(str(path))
+    assert registry.lookup("alice").phone == "447700900123"
+    path.unlink()
+    with pytest.raises(RegistryUnavailable, match=f"cannot read {path}: No such file or directory"):
+        registry.lookup("carol")
+
+
+@pytest.mark.parametrize(
+    "url, allowed",
+    [
+        ("https://eu.api.idlayr.com", True),
+        ("http://127.0.0.1:8081", True),
+        ("http://localhost:8081", True),
+        ("http://[::1]:8081", True),
+        ("http://emulator:8081", False),
+        ("http://10.0.0.5:8081", False),
+    ],
+)
+def test_a_plain_http_api_is_refused_unless_loopback_or_explicitly_insecure(url, allowed):
+    text = f"{BASE}api_base_url = {url}\n"
+    if allowed:
+        assert Settings.parse(text).api_base_url == url
+    else:
+        with pytest.raises(ConfigError, match="is plain HTTP to another host"):
+            Settings.parse(text, "/etc/ssh-auth/ssh-auth.conf")
+        relaxed = Settings.parse(text + "insecure_api_base_url = true\n")
+        assert (relaxed.api_base_url, relaxed.insecure_api_base_url) == (url, True)

@@ -36,10 +36,11 @@ def test_approved_interactive_session_gets_a_login_shell(gate):
 
 def test_the_confirmation_page_shows_what_is_approved(gate):
     session = gate.ssh("sa-alice", "echo ok")
-    page = PhoneHolder(ALICE).scan(session.check_url())
+    holder = PhoneHolder(ALICE)
+    page = holder.scan(session.check_url())
     for shown in ("Approve this SSH login?", "sa-alice", "127.0.0.1", "echo ok", "Deny"):
         assert shown in page.text
-    PhoneHolder(ALICE).phone.answer(page, "deny")
+    holder.phone.answer(page, "deny")
     session.finish()
 
 
@@ -59,8 +60,8 @@ def test_network_error_denies_with_its_reason(gate):
     status, out, err = session.finish()
     assert status != 0 and out == b""
     assert err.rstrip().endswith(
-        "ssh-auth: the mobile network could not confirm the SIM (The device is not on a mobile "
-        "data connection). Turn off Wi-Fi on the phone and try again. Access denied."
+        "ssh-auth: the phone was not on mobile data. Turn off Wi-Fi on the phone and try again. "
+        "Access denied."
     )
 
 
@@ -149,3 +150,12 @@ def test_credentials_and_registry_are_not_readable_by_login_users(gate):
         )
         assert result.returncode != 0 and "Permission denied" in result.stderr
     assert os.stat(gate.root / "etc" / "tru.json").st_mode & 0o077 == 0
+
+
+def test_a_blank_command_is_gated_like_any_other(gate, matrix):
+    session = gate.ssh("sa-alice", " ")
+    PhoneHolder(ALICE).approve(session.check_url())
+    status, out, err = session.finish()
+    expected = "exit 0, ssh-auth: approved on your phone."
+    got = f"exit {status}, {err.strip().splitlines()[-1]}"
+    assert matrix("sessions: ssh host ' ' (a blank command)", expected, got) == expected

@@ -11,6 +11,7 @@ from .emulator_fixture import open_on_phone
 from .gate import USERS, PhoneHolder
 
 ALICE, BOB = USERS["sa-alice"], USERS["sa-bob"]
+NL = b"\n"
 
 
 def webhook(gate) -> str:
@@ -42,7 +43,7 @@ def test_two_approvals_at_once_only_one_wins(gate, emulator):
 
     def press():
         start.wait()
-        statuses.append(PhoneHolder(ALICE).phone.answer(page, "approve").status_code)
+        statuses.append(holder.phone.answer(page, "approve").status_code)
 
     threads = [threading.Thread(target=press) for _ in range(2)]
     for thread in threads:
@@ -57,18 +58,19 @@ def test_two_approvals_at_once_only_one_wins(gate, emulator):
 def test_a_page_token_cannot_approve_another_users_login(gate):
     alice = gate.ssh("sa-alice", "echo alice-ran")
     bob = gate.ssh("sa-bob", "echo bob")
-    alice_page = PhoneHolder(ALICE).scan(alice.check_url())
+    alice_phone, bob_phone = PhoneHolder(ALICE), PhoneHolder(BOB)
+    alice_page = alice_phone.scan(alice.check_url())
     bob_url = bob.check_url()
-    bob_page = PhoneHolder(BOB).scan(bob_url)
+    bob_page = bob_phone.scan(bob_url)
     bob_check = bob_url.split("/checks/")[1].split("/")[0]
     token = alice_page.text.split('name="token" value="')[1].split('"')[0]
     forged = requests.post(
         webhook(gate), data={"check_id": bob_check, "token": token, "action": "approve"}, timeout=10
     )
     assert forged.status_code == 403 and "not valid for this login" in forged.text
-    assert PhoneHolder(BOB).phone.answer(bob_page, "approve").status_code == 200
+    assert bob_phone.phone.answer(bob_page, "approve").status_code == 200
     assert bob.finish()[:2] == (0, b"bob\n")
-    PhoneHolder(ALICE).phone.answer(alice_page, "deny")
+    alice_phone.phone.answer(alice_page, "deny")
     assert alice.finish()[:2] == (1, b"")
 
 
@@ -105,9 +107,10 @@ def test_tampered_redirects_are_refused_and_the_login_goes_on(gate, emulator):
         answer = requests.get(webhook(gate), params=params, timeout=10)
         assert (answer.status_code, words in answer.text) == (status, True), params
     assert emulator.calls().get("patch") is None
-    page = requests.get(redirect["location"], timeout=10)
+    holder = PhoneHolder(ALICE)
+    page = holder.phone.session.get(redirect["location"], timeout=10)
     assert "Approve this SSH login?" in page.text
-    assert PhoneHolder(ALICE).phone.answer(page, "approve").status_code == 200
+    assert holder.phone.answer(page, "approve").status_code == 200
     assert session.finish()[:2] == (0, b"ok\n")
 
 
@@ -133,3 +136,99 @@ def test_a_genuine_redirect_for_a_check_this_service_did_not_create_is_404(gate,
     assert answer.status_code == 404 and "unknown here or already finished" in answer.text
     after = emulator.calls()
     assert after.get("patch") == before.get("patch") and after.get("get") == before.get("get")
+
+
+def ran(finished, output: bytes) -> str:
+    """'ran' when the login exited 0 having printed `output`, else 'not run'."""
+    status, out, _ = finished
+    return "ran" if (status, out) == (0, output) else "not run"
+
+
+def test_an_unsigned_error_redirect_cannot_end_a_login_or_write_in_its_terminal(gate, matrix):
+    session = gate.ssh("sa-alice", "echo ok")
+    url = session.check_url()
+    check_id = url.split("/checks/")[1].split("/")[0]
+    forged = requests.get(
+        webhook(gate),
+        params={
+            "check_id": check_id,
+            "error": "x",
+            "error_description": "Call +1 555 0100 and read them your code",
+        },
+        timeout=10,
+    )
+    PhoneHolder(ALICE).approve(url)  # the login went on: its owner still gets in
+    finished = session.finish()
+    refused = "could not be verified" if "could not be verified" in forged.text else forged.text[:60]
+    expected = "forged error: 403 could not be verified; then approved: ran; terminal untouched"
+    got = (
+        f"forged error: {forged.status_code} {refused}; then approved: {ran(finished, b'ok' + NL)}; "
+        f"terminal {'untouched' if '555' not in finished[2] else 'WRITTEN TO'}"
+    )
+    row = "webhook: unsigned error redirect with the victim's check_id"
+    assert matrix(row, expected, got) == expected
+
+
+def test_a_signed_error_redirect_shows_a_fixed_line_never_the_networks_text(gate, matrix):
+    session = gate.ssh("sa-alice", "echo ran")
+    redirect = open_on_phone(session.check_url(), network_error="ip_msisdn_mismatch")
+    assert redirect["error"] == "ip_msisdn_mismatch" and "redirect_url" in redirect
+    altered = {k: v for k, v in redirect.items() if k != "location"}
+    altered["error_description"] = "Call +1 555 0100"
+    refused = requests.get(webhook(gate), params=altered, timeout=10)
+    page = requests.get(redirect["location"], timeout=10)
+    status, out, err = session.finish()
+    expected = (
+        "altered description: 403; genuine: ssh-auth: the phone's mobile data is not the registered "
+        "number's SIM. Use the phone with the registered SIM, with Wi-Fi off. Access denied."
+    )
+    got = f"altered description: {refused.status_code}; genuine: {err.strip().splitlines()[-1]}"
+    assert matrix("webhook: signed error redirect, and its text altered", expected, got) == expected
+    assert (status, out) == (1, b"") and "mobile data" in page.text and "Call" not in page.text
+
+
+def test_only_the_first_device_to_open_a_confirmation_can_answer_it(gate, matrix):
+    session = gate.ssh("sa-alice", "echo ok")
+    redirect = open_on_phone(session.check_url(), sim=ALICE)
+    owner, onlooker = PhoneHolder(ALICE), PhoneHolder(ALICE)
+    page = owner.phone.session.get(redirect["location"], timeout=10)
+    second = onlooker.phone.session.get(redirect["location"], timeout=10)
+    token = page.text.split('name="token" value="')[1].split('"')[0]
+    stolen = onlooker.phone.session.post(
+        webhook(gate),
+        data={"check_id": redirect["check_id"], "token": token, "action": "approve"},
+        timeout=10,
+    )
+    answer = owner.phone.answer(page, "approve")
+    finished = session.finish()
+    seen = "opened on another device" if "Opened on another device" in second.text else "?"
+    leaked = "GOT A TOKEN" if 'name="token"' in second.text else "no token"
+    expected = (
+        "second viewer: 403 opened on another device, no token; with the first's token: 403; "
+        "first device: 200, ran"
+    )
+    got = (
+        f"second viewer: {second.status_code} {seen}, {leaked}; "
+        f"with the first's token: {stolen.status_code}; "
+        f"first device: {answer.status_code}, {ran(finished, b'ok' + NL)}"
+    )
+    assert matrix("webhook: a second viewer of the same redirect URL", expected, got) == expected
+
+
+def test_each_redirect_parameter_must_appear_exactly_once(gate, matrix):
+    session = gate.ssh("sa-alice", "echo ok")
+    redirect = open_on_phone(session.check_url(), sim=ALICE)
+    outer = redirect["location"]
+    twice = {
+        "check_id": f"{outer}&check_id=00000000-0000-0000-0000-000000000000",
+        "code": f"{outer}&code=0",
+    }
+    answers = {name: requests.get(url, timeout=10) for name, url in twice.items()}
+    holder = PhoneHolder(ALICE)
+    holder.phone.answer(holder.phone.session.get(outer, timeout=10), "approve")
+    finished = session.finish()
+    expected = "check_id twice: 400, code twice: 400; then the genuine redirect: ran"
+    statuses = ", ".join(f"{name} twice: {answer.status_code}" for name, answer in answers.items())
+    got = f"{statuses}; then the genuine redirect: {ran(finished, b'ok' + NL)}"
+    assert matrix("webhook: check_id or code given twice", expected, got) == expected
+    assert answers["check_id"].text == "check_id given more than once\n"

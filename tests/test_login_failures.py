@@ -288,3 +288,29 @@ def test_client_disconnect_abandons_the_login(gate, matrix):
     audit = "denied, abandoned" if abandoned else "no line"
     got = f"audit: {audit}; a late scan gets {late}; command {ran}"
     assert matrix("client: disconnects during the wait", expected, got) == expected
+
+
+def test_a_client_that_leaves_without_a_pty_is_abandoned_and_nothing_runs(gate, matrix):
+    # No -t: sshd sends no SIGHUP when the client goes; the shim must see its pipes close.
+    path = marker(gate)
+    session = gate.ssh("sa-alice", f"touch {path}")
+    holder = PhoneHolder(ALICE)
+    page = holder.scan(session.check_url())
+    session.kill()
+    time.sleep(2)
+    late = holder.phone.answer(page, "approve")
+    deadline = time.monotonic() + 10
+    while "abandoned" not in gate.service.log_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1)  # a command, had it been started, would have left its mark by now
+    log = gate.service.log_text()
+    abandoned = "login denied user=sa-alice" in log and "abandoned" in log
+    audit = "denied, abandoned" if abandoned else "no line"
+    ended = "This login has ended" in late.text
+    expected = "audit: denied, abandoned; Approve 2 s later: 409 this login has ended; command not run"
+    got = (
+        f"audit: {audit}; Approve 2 s later: {late.status_code} "
+        f"{'this login has ended' if ended else late.text[:60]}; "
+        f"command {'ran' if os.path.exists(path) else 'not run'}"
+    )
+    assert matrix("client: leaves without a pty while waiting", expected, got) == expected

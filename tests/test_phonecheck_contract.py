@@ -3,6 +3,7 @@
 import json
 import subprocess
 import threading
+import time
 
 import pytest
 import requests
@@ -356,3 +357,50 @@ def test_emulator_refuses_bad_fault_requests(emulator, body, message):
     response = requests.post(emulator.url + "/_emulator/faults", json=body, timeout=5)
     assert response.status_code == 400
     assert message in response.json()["detail"]
+
+
+def test_waiting_for_another_requests_token_never_counts_as_the_api_being_down(emulator, credentials):
+    # failmode = safe lets a login in when the API is down: a slow token fetch in another thread
+    # (which anyone can provoke by logging in at the same moment) must not look like that.
+    client = PhoneCheckClient(credentials, emulator.url, timeout=(3.0, 10.0))
+    emulator.fault("token", "timeout", seconds=3)
+    first = threading.Thread(target=client.create_check, args=("447700900123", None, 8))
+    first.start()
+    time.sleep(0.5)
+    try:
+        with pytest.raises(ApiUnreachable) as waited:
+            client.create_check("447700900123", None, within=1.0)
+    finally:
+        first.join()
+    assert (str(waited.value), waited.value.down) == (
+        "another request for an access token is still running",
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    "fault, down",
+    [
+        ({"mode": "status", "status": 503}, True),
+        ({"mode": "timeout", "seconds": 3}, False),
+        ({"mode": "close"}, False),
+    ],
+    ids=["5xx: down", "read timeout: not down", "connection dropped: not down"],
+)
+def test_only_what_says_the_api_is_down_counts_as_down(emulator, credentials, fault, down):
+    client = PhoneCheckClient(credentials, emulator.url, timeout=(1.0, 1.5))
+    client.token()
+    emulator.fault("create", **fault)
+    with pytest.raises(ApiUnreachable) as failed:
+        client.create_check("447700900123", None, within=8)
+    assert failed.value.down is down
+
+
+def test_a_refused_connection_counts_as_down(credentials):
+    client = PhoneCheckClient(credentials, f"http://127.0.0.1:{free_port()}", timeout=(1.0, 1.5))
+    with pytest.raises(ApiUnreachable) as failed:
+        client.create_check("447700900123", None, within=8)
+    assert (str(failed.value), failed.value.down) == (
+        "PhoneCheck API unreachable: connection refused",
+        True,
+    )

@@ -4,9 +4,19 @@ import json
 import socket
 import time
 
+import pytest
 import requests
 
-from .conftest_helpers import start_service
+from .conftest_helpers import start_service, write_tru_json
+from .gate import USERS, Gate, PhoneHolder
+
+ALICE = USERS["sa-alice"]
+
+
+@pytest.fixture
+def credentials_file(tmp_path):
+    return write_tru_json(tmp_path / "tru.json")
+
 
 LOGIN = {
     "v": 1,
@@ -37,8 +47,8 @@ def read_line(sock) -> dict:
     return json.loads(data) if data else {}
 
 
-def test_more_than_three_connections_from_one_uid_are_refused(gate):
-    held = [connect(gate) for _ in range(3)]
+def test_more_than_eight_connections_without_a_line_from_one_uid_are_refused(gate):
+    held = [connect(gate) for _ in range(8)]
     try:
         time.sleep(0.2)
         with connect(gate) as extra:
@@ -75,8 +85,8 @@ def test_the_fallback_get_ends_a_login_whose_redirect_never_arrives(gate, emulat
     status, out, err = session.finish(timeout=30)
     assert (status, out) == (1, b"")
     assert err.splitlines()[-1] == (
-        "ssh-auth: the mobile network could not confirm the SIM (ip_msisdn_mismatch). "
-        "Turn off Wi-Fi on the phone and try again. Access denied."
+        "ssh-auth: the phone's mobile data is not the registered number's SIM. Use the phone "
+        "with the registered SIM, with Wi-Fi off. Access denied."
     )
     assert emulator.calls()["get"] == 1  # first GET after 10 s, and that one decided
 
@@ -100,3 +110,29 @@ def test_service_refuses_credentials_others_can_read(tmp_path):
     assert result.stderr == (
         f"ssh-auth-server: {tru} is readable by other users (mode 0644): chmod 600 {tru}\n"
     )
+
+
+def test_service_refuses_an_audit_log_it_cannot_write(tmp_path, credentials_file):
+    config = tmp_path / "ssh-auth.conf"
+    config.write_text(
+        f"public_url = https://x.example\ncredentials = {credentials_file}\n"
+        f"socket = {tmp_path}/s.sock\nlisten = 127.0.0.1:0\n"
+        f"audit_log = {tmp_path}/no-such-dir/audit.jsonl\n"
+    )
+    result = start_service(config)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"ssh-auth-server: cannot write audit_log {tmp_path}/no-such-dir/audit.jsonl: "
+        "No such file or directory\n"
+    )
+
+
+def test_the_files_the_service_writes_are_its_own(emulator_server, tmp_path):
+    audit = tmp_path / "audit.jsonl"
+    with Gate(emulator_server, settings={"audit_log": str(audit)}, users={"sa-alice": ALICE}) as gate:
+        session = gate.ssh("sa-alice", "true")
+        PhoneHolder(ALICE).approve(session.check_url())
+        assert session.finish()[0] == 0
+        balance = gate.socket.parent / "balance"
+        modes = {path.name: oct(path.stat().st_mode & 0o777) for path in (audit, balance)}
+    assert modes == {"audit.jsonl": "0o600", "balance": "0o600"}

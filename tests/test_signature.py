@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
+from werkzeug.datastructures import MultiDict
 
 from webserver.signature import JwksCache, RedirectVerifier, SignatureError
 
@@ -254,3 +255,29 @@ def test_a_jwks_that_cannot_be_fetched_is_its_own_reason():
     with pytest.raises(SignatureError) as refused:
         RedirectVerifier(JwksCache(down), WEBHOOK).verify(signed_redirect())
     assert refused.value.reason == "jwks_unavailable"
+
+
+def test_a_parameter_twice_inside_the_signed_url_is_refused(verifier):
+    # Which copy would count? The verifier and the web framework might disagree: refuse both.
+    with pytest.raises(SignatureError) as refused:
+        verifier.verify(signed_redirect(code="k-1&code=k-2", encode=False))
+    assert refused.value.reason == "duplicate"
+
+
+def test_a_parameter_twice_outside_is_refused(verifier):
+    args = MultiDict(signed_redirect())
+    args.add("check_id", "c-2")
+    with pytest.raises(SignatureError, match="carries check_id more than once"):
+        verifier.verify(args)
+
+
+def test_a_signed_error_redirect_verifies_with_its_error(client):
+    check = client.create_check("447700900123", WEBHOOK)
+    redirect = open_on_phone(check.check_url, network_error="not_mobile_ip")
+    verifier = RedirectVerifier(JwksCache(client.jwks), WEBHOOK)
+    verified = verifier.verify(as_received(redirect["location"]))
+    assert (verified.check_id, verified.code, verified.error) == (
+        check.check_id,
+        None,
+        "not_mobile_ip",
+    )

@@ -4,6 +4,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import resource
 import signal
 import sys
 import threading
@@ -17,6 +18,7 @@ def build(settings: Settings, poll_only: bool = False):
     from .app import create_app
     from .audit import Audit
     from .broker import Broker
+    from .logins import PendingLogins
     from .phonecheck import PhoneCheckClient, base_url_for
     from .registry import Registry
     from .signature import JwksCache, RedirectVerifier
@@ -28,11 +30,30 @@ def build(settings: Settings, poll_only: bool = False):
     except ValueError as error:
         raise ConfigError(f"{settings.credentials}: data_residency {error}") from None
     client = PhoneCheckClient(credentials, base_url)
-    broker = Broker(
-        settings, client, Registry(settings.config_path), Audit(settings.audit_log), poll_only=poll_only
-    )
+    audit = Audit(settings.audit_log)
+    audit.check()
+    logins = PendingLogins()
+    registry = Registry(settings.config_path)
+    broker = Broker(settings, client, registry, audit, logins, poll_only=poll_only)
     verifier = RedirectVerifier(JwksCache(client.jwks), settings.webhook_url)
-    return broker, create_app(settings, broker, client, verifier)
+    return broker, create_app(settings, logins, client, verifier)
+
+
+# The webhook's waitress limits, chosen rather than inherited (waitress's defaults: 100
+# connections, a silent connection dropped after 120 s, looked for every 30 s, and select(),
+# which fails past 1024 descriptors). A connection, however slow, holds one of CONNECTION_LIMIT
+# slots until it has been silent for CHANNEL_TIMEOUT, noticed within CLEANUP_INTERVAL;
+# connections past the limit wait in the kernel's queue (BACKLOG) in arrival order. So 2 x
+# CONNECTION_LIMIT half-sent requests delay every new one by about 2 x (CHANNEL_TIMEOUT +
+# CLEANUP_INTERVAL), and since the timeout is one of inactivity, a client that trickles a byte
+# every few seconds is never dropped: production puts nginx in front (docs/reverse-proxy.md).
+WEBHOOK_THREADS = 16
+CONNECTION_LIMIT = 200  # a phone needs one for about a second; bounds descriptors and buffers
+CHANNEL_TIMEOUT = 10  # seconds of silence (no request running) before a connection is dropped
+CLEANUP_INTERVAL = 1  # seconds between waitress's sweeps for silent connections
+BACKLOG = 1024  # connections the kernel queues past CONNECTION_LIMIT (capped by somaxconn)
+MAX_REQUEST_HEADER_SIZE = 16 * 1024  # the phone's signed redirect URL is under 4 KiB
+MAX_REQUEST_BODY_SIZE = 64 * 1024  # the app refuses bodies past 16 KiB; never spool more
 
 
 def serve(settings: Settings, poll_only: bool = False) -> None:
@@ -41,8 +62,22 @@ def serve(settings: Settings, poll_only: bool = False) -> None:
 
     settings = dataclasses.replace(settings, public_url=open_public_url(settings))
     broker, app = build(settings, poll_only)
+    broker.bind()  # before any thread starts: the socket's umask cannot race another file
     host, port = settings.listen
-    server = waitress.create_server(app, host=host, port=port, threads=16, ident="ssh-auth")
+    server = waitress.create_server(
+        app,
+        host=host,
+        port=port,
+        threads=WEBHOOK_THREADS,
+        connection_limit=CONNECTION_LIMIT,
+        channel_timeout=CHANNEL_TIMEOUT,
+        cleanup_interval=CLEANUP_INTERVAL,
+        backlog=BACKLOG,
+        max_request_header_size=MAX_REQUEST_HEADER_SIZE,
+        max_request_body_size=MAX_REQUEST_BODY_SIZE,
+        asyncore_use_poll=True,  # select() fails once a descriptor number passes 1024
+        ident="ssh-auth",
+    )
     broker_thread = threading.Thread(target=broker.serve_forever, name="broker", daemon=True)
     broker_thread.start()
 
@@ -58,6 +93,9 @@ def serve(settings: Settings, poll_only: bool = False) -> None:
         settings.public_url,
     )
     log.info("broker listening on %s", settings.socket)
+    api = settings.api_base_url or "https://"
+    if settings.insecure_api_base_url and not api.startswith("https://"):
+        log.warning("insecure_api_base_url: the API is reached over plain HTTP (%s)", api)
     try:
         server.run()
     finally:
@@ -67,11 +105,20 @@ def serve(settings: Settings, poll_only: bool = False) -> None:
             os.unlink(settings.socket)
 
 
+def _raise_open_file_limit() -> None:
+    """Up to the hard limit: 512 waiting logins hold two descriptors each, plus the webhook's."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main(argv=None, poll_only: bool = False) -> int:
     """Entry point: one clear line and exit 2 for a configuration problem, never a traceback."""
     parser = argparse.ArgumentParser(prog="ssh-auth-server", description=__doc__)
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="path of ssh-auth.conf")
     args = parser.parse_args(argv)
+    os.umask(0o077)  # files the service makes (audit log, balance, ngrok.yml) are its own
+    _raise_open_file_limit()
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )

@@ -1,11 +1,12 @@
 """create_app(settings, broker, ...): the Flask webhook, its blueprint, headers and error pages."""
 
+import socket
 from dataclasses import dataclass
 
 from flask import Flask
 
-from .broker import Broker
 from .config import Settings
+from .logins import PendingLogins
 from .phonecheck import PhoneCheckClient
 from .signature import RedirectVerifier
 
@@ -24,20 +25,27 @@ class WebhookContext:
     """What the webhook's views need, built once by the process."""
 
     settings: Settings
-    broker: Broker
+    logins: PendingLogins
     client: PhoneCheckClient
     verifier: RedirectVerifier
+    hostname: str
 
 
 def create_app(
-    settings: Settings, broker: Broker, client: PhoneCheckClient, verifier: RedirectVerifier
+    settings: Settings,
+    logins: PendingLogins,
+    client: PhoneCheckClient,
+    verifier: RedirectVerifier,
+    hostname: str | None = None,
 ) -> Flask:
     """The webhook application; nothing is built at import time."""
     from .webhook import bp
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = 16 * 1024
-    app.extensions["ssh-auth"] = WebhookContext(settings, broker, client, verifier)
+    app.extensions["ssh-auth"] = WebhookContext(
+        settings, logins, client, verifier, hostname or socket.gethostname()
+    )
     app.register_blueprint(bp)
 
     @app.after_request

@@ -1,18 +1,15 @@
-"""The Unix-socket broker: knows the caller by SO_PEERCRED, runs its check, hands over the verdict."""
+"""The Unix-socket broker: knows the caller by the kernel, applies policy, runs its phone check."""
 
 import grp
 import logging
 import os
 import pwd
-import random
 import secrets
 import select
 import socket
 import socketserver
-import threading
 import time
-from collections import defaultdict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from sshshim.protocol import (
@@ -26,82 +23,69 @@ from sshshim.protocol import (
     LineReader,
     ProtocolError,
     encode,
-    peer_uid,
+    peer_credentials,
 )
 from sshshim.terminal import rows_reserved
 
-from . import qr
-from .audit import Audit, Decision, clean
+from . import connection as connections
+from . import qr, reasons
+from .audit import SUPPRESSED, Audit, Decision, clean
 from .config import Settings
+from .connection import SshConnection
+from .logins import Login, PendingLogins, Verdict, deny
 from .phonecheck import ApiUnreachable, PhoneCheckClient, PhoneCheckError
-from .policy import is_exempt, is_sftp_session
-from .registry import E164_DIGITS, Registry
+from .policy import (
+    DENIAL_BURST,
+    Approvals,
+    CheckBudget,
+    ConnectionAddresses,
+    Denials,
+    Waiting,
+    is_exempt,
+    is_sftp_session,
+)
+from .registry import E164_DIGITS, USERNAME, Registry, RegistryUnavailable
 
 log = logging.getLogger("ssh-auth.broker")
 
 CREATE_BUDGET = FIRST_REPLY_TIMEOUT - 2  # token + create must end before the shim stops waiting
 FIRST_POLL_DELAY = 10.0  # a phone that answers within this costs no GET at all
 STATUS_EVERY = 10.0
-RATE_WINDOW = 600.0
+HOUSEKEEPING_EVERY = 10.0  # pruning of per-login state, summaries of refused floods
+MAX_COMMAND = 4096  # characters of a command kept to show on the phone and log
+NO_ROOM_FOR_QR = "(No room for a QR code in this terminal: open the URL below on the phone.)"
+LOCAL = "local"  # the address of a caller outside any SSH connection
+# Waiting at once: connections that have not sent their line yet, per uid; logins per
+# (uid, SSH connection) and per (uid, client address), so one address cannot crowd out another;
+# and in total.
+LIMITS = {"unsent": 8, "connection": 3, "address": 3, "total": 512}
 
 
-class Reasons:
-    """Every line a user can be shown, in one place."""
+@dataclass(frozen=True)
+class Caller:
+    """Who asks: identity and connection from the kernel; terminal facts from the shim."""
 
-    APPROVED = "approved on your phone."
-    EXEMPT = "this account is exempt from the phone check."
-    ALLOW_ONCE = "an administrator exempted this account from the phone check until {until}."
-    UNREGISTERED_ALLOWED = "no phone is registered for this account; let in by policy."
-    REUSED = "approved earlier on this SSH connection."
-    FAILSAFE = "the phone check service is unreachable; let in by failmode = safe."
-    NO_MATCH = "No match: the phone that answered is not using the registered SIM. Access denied."
-    EXPIRED = "the phone check expired before it was completed. Access denied."
-    DENIED_ON_PHONE = "the login was denied on the phone. Access denied."
-    WRONG_PICK = "the wrong number was picked on the phone. Access denied."
-    SFTP_NEEDS_MASTER = (
-        "sftp and scp (in SFTP mode) cannot show the phone check: sshd discards their messages. "
-        "Approve an ssh ControlMaster connection first and run them over it, or use scp -O. "
-        "Access denied."
-    )
-    UNREGISTERED = "no phone is registered for this account; ask your administrator. Access denied."
-    API_DOWN = "the phone check service cannot be reached right now. Access denied."
-    API_REFUSED = "the phone check could not be started ({detail}). Access denied."
-    API_BUSY = "the phone check service is busy; try again in {seconds} s. Access denied."
-    PATCH_FAILED = "the phone check could not be completed ({detail}). Access denied."
-    NETWORK = (
-        "the mobile network could not confirm the SIM ({detail}). Turn off Wi-Fi on the "
-        "phone and try again. Access denied."
-    )
-    COMPLETED_ELSEWHERE = "the phone check was completed outside this service. Access denied."
-    MALFORMED = "the login request was malformed. Access denied."
-    UNKNOWN_UID = "this account is not in the password database. Access denied."
-    TOO_MANY_CONNECTIONS = "too many logins are waiting at once. Access denied."
-    TOO_MANY_ATTEMPTS = "too many attempts; try again in {seconds} s. Access denied."
-    NO_PUBLIC_URL = "the ssh-auth service has no public URL for the phone. Access denied."
-    INTERNAL = "internal error in the ssh-auth service. Access denied."
-
-
-@dataclass
-class Login:
-    """One login waiting for its phone; the webhook finds it by check_id."""
-
-    check_id: str
+    uid: int
+    gid: int
     user: str
-    client: str
+    connection: SshConnection | None
+    address: str
     command: str | None
-    number: str | None
-    choices: list[str]
-    created: float
-    deadline: float
-    page_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
-    code: str | None = None
-    claimed: bool = False
-    verdict: tuple[bool, str, str] | None = None  # (allow, outcome, reason)
-    wake: tuple[int, int] = field(default_factory=os.pipe)
+    request: dict
+
+    def groups(self) -> list[str]:
+        """The names of every group the user is in (gids without a name are skipped)."""
+        names = []
+        for gid in os.getgrouplist(self.user, self.gid):
+            try:
+                names.append(grp.getgrgid(gid).gr_name)
+            except KeyError:
+                continue
+        return names
 
 
 class Broker:
-    """Pending logins and the socket that serves them; shared with the webhook."""
+    """The socket, and one login's flow from its line to its verdict."""
 
     def __init__(
         self,
@@ -109,54 +93,26 @@ class Broker:
         client: PhoneCheckClient,
         registry: Registry,
         audit: Audit,
-        max_per_uid: int = 3,
-        max_total: int = 512,
+        logins: PendingLogins,
         poll_only: bool = False,
     ):
         # poll_only: learn verdicts only from the GET every poll_interval, as the tutorial's
         # design does; used by the benchmarks to compare, never by the service itself.
         self.poll_only = poll_only
         self.settings, self.client, self.registry, self.audit = settings, client, registry, audit
-        self.max_per_uid, self.max_total = max_per_uid, max_total
-        self.hostname = socket.gethostname()
-        self._lock = threading.Lock()
-        self._logins: dict[str, Login] = {}
-        self._connections: dict[int, int] = defaultdict(int)
-        self._attempts: dict[tuple[str, str], deque] = defaultdict(deque)
-        self._approved: dict[tuple[int, str], float] = {}
+        self.logins = logins
+        self.denials = Denials()
+        self.budget = CheckBudget(settings.max_checks_per_user, settings.max_checks_per_minute)
+        self.approvals = Approvals()
+        self.addresses = ConnectionAddresses()
+        self.waiting = Waiting(LIMITS)
+        self._housekept = time.monotonic()
         self._server: socketserver.UnixStreamServer | None = None
-
-    # --- the webhook's side ---------------------------------------------------------------
-
-    def pending(self, check_id: str) -> Login | None:
-        """The waiting login for a check this service created, if it is still waiting."""
-        with self._lock:
-            login = self._logins.get(check_id)
-            return login if login and login.verdict is None else None
-
-    def claim(self, check_id: str) -> Login | None:
-        """Take a pending login for completion; only the first caller ever gets it."""
-        with self._lock:
-            login = self._logins.get(check_id)
-            if login is None or login.verdict is not None or login.claimed:
-                return None
-            login.claimed = True
-            return login
-
-    def finish(self, check_id: str, allow: bool, outcome: str, reason: str) -> bool:
-        """Hand a verdict to the waiting login at once; False if it already had one."""
-        with self._lock:
-            login = self._logins.get(check_id)
-            if login is None or login.verdict is not None:
-                return False
-            login.verdict = (allow, outcome, reason)
-            os.write(login.wake[1], b"!")  # under the lock: the fds close under it too
-        return True
 
     # --- the socket -----------------------------------------------------------------------
 
-    def serve_forever(self) -> None:
-        """Listen on the configured socket (mode 0666 from the start) until shutdown()."""
+    def bind(self) -> None:
+        """Create the listening socket with its final mode 0666 (every login user may connect)."""
         path = self.settings.socket
         if os.path.exists(path) and not os.path.isdir(path):
             os.unlink(path)  # a stale socket from a previous run
@@ -171,13 +127,21 @@ class Broker:
             request_queue_size = 256
 
             def server_bind(self):
-                old = os.umask(0o111)  # every login user may connect; created so, in one step
+                old = os.umask(0o111)  # bound before any other thread starts: nothing races
                 try:
                     super().server_bind()
                 finally:
                     os.umask(old)
 
+            def service_actions(self):
+                broker.housekeeping()
+
         self._server = Server(path, Handler)
+
+    def serve_forever(self) -> None:
+        """Serve logins on the bound socket until shutdown()."""
+        if self._server is None:
+            self.bind()
         self._server.serve_forever(poll_interval=0.5)
 
     def shutdown(self) -> None:
@@ -185,214 +149,230 @@ class Broker:
         if self._server:
             self._server.shutdown()
             self._server.server_close()
+        self._summarise(final=True)
+
+    def housekeeping(self) -> None:
+        """Prune every per-login store, and log what floods were refused without a line each."""
+        if time.monotonic() - self._housekept < HOUSEKEEPING_EVERY:
+            return
+        self._housekept = time.monotonic()
+        for store in (self.denials, self.budget, self.approvals, self.addresses):
+            store.prune()
+        self._summarise()
+
+    def _summarise(self, final: bool = False) -> None:
+        for (uid, address), count, seconds in self.denials.summaries(final):
+            reason = f"denied {count} more times, not logged one by one (over {DENIAL_BURST} at once)"
+            self.audit.record(Decision(_user_name(uid), uid, address, None, SUPPRESSED, reason, seconds))
 
     def handle_connection(self, sock: socket.socket) -> None:
         """One shim connection, from its login line to its verdict."""
-        uid = peer_uid(sock)
-        with self._lock:
-            total = sum(self._connections.values())
-            admitted = total < self.max_total and self._connections[uid] < self.max_per_uid
-            if admitted:
-                self._connections[uid] += 1
-        if not admitted:
-            log.warning("refused a connection from uid %d: too many at once", uid)
-            self._send(
-                sock, {"event": EVENT_VERDICT, "allow": False, "reason": Reasons.TOO_MANY_CONNECTIONS}
-            )
-            return
+        started = time.monotonic()
+        pid, uid, _ = peer_credentials(sock)
+        if not self.waiting.admit({"total": None}):
+            return self._send_verdict(sock, deny(reasons.TOO_MANY_WAITING))
         try:
-            self._serve_login(sock, uid)
+            request = self._read_login(sock, uid)
+            if request is not None:
+                self._serve_login(sock, pid, uid, request, started)
         except Exception:
             log.exception("login from uid %d failed", uid)
-            self._send(sock, {"event": EVENT_VERDICT, "allow": False, "reason": Reasons.INTERNAL})
+            self._send_verdict(sock, deny(reasons.INTERNAL, "error"))
         finally:
-            with self._lock:
-                self._connections[uid] -= 1
-                if not self._connections[uid]:
-                    del self._connections[uid]
+            self.waiting.release({"total": None})
+
+    def _read_login(self, sock: socket.socket, uid: int) -> dict | None:
+        """The caller's login line, within FIRST_LINE_TIMEOUT in total (not per read)."""
+        if not self.waiting.admit({"unsent": uid}):
+            if self.denials.loggable((uid, LOCAL)):
+                log.warning("uid %d holds too many connections without a login line", uid)
+            self._send_verdict(sock, deny(reasons.TOO_MANY_WAITING))
+            return None
+        try:
+            return LineReader(sock).read_message(time.monotonic() + FIRST_LINE_TIMEOUT)
+        except (OSError, ProtocolError) as error:
+            if self.denials.loggable((uid, LOCAL)):
+                log.warning("uid %d sent no valid login line: %s", uid, error)
+            return None
+        finally:
+            self.waiting.release({"unsent": uid})
 
     # --- one login ------------------------------------------------------------------------
 
-    def _serve_login(self, sock: socket.socket, uid: int) -> None:
-        started = time.monotonic()
-        sock.settimeout(FIRST_LINE_TIMEOUT)
-        try:
-            request = LineReader(sock).read_message()
-        except (OSError, ProtocolError) as error:
-            log.warning("uid %d sent no valid login line: %s", uid, error)
-            return
+    def _serve_login(self, sock, pid: int, uid: int, request: dict, started: float) -> None:
+        caller, refusal = self._identify(pid, uid, request)
+        user = caller.user if caller else _user_name(uid)
+        address = caller.address if caller else LOCAL
+        check_id, verdict = None, refusal
+        if verdict is None:
+            keys = {"address": (uid, address)}
+            if caller.connection:
+                keys["connection"] = (uid, caller.connection)
+            if not self.waiting.admit(keys):
+                verdict = deny(reasons.TOO_MANY_WAITING)
+            else:
+                try:
+                    check_id, verdict = self._decide(sock, caller)
+                finally:
+                    self.waiting.release(keys)
+        reuse = self.settings.connection_reuse_seconds
+        if verdict.outcome == "allowed" and caller.connection and reuse:
+            self.approvals.remember(uid, caller.connection, reuse)
+        # A denial without a check costs the caller nothing: a flood of them is summarised.
+        if not verdict.allow and check_id is None and not self.denials.loggable((uid, address)):
+            return self._send_verdict(sock, verdict)
+        self._finish(sock, user, uid, address, check_id, started, verdict)
+
+    def _identify(self, pid: int, uid: int, request: dict) -> tuple[Caller | None, Verdict | None]:
+        """The caller as the kernel knows it, or the verdict refusing it (nothing logged yet)."""
         try:
             entry = pwd.getpwuid(uid)
         except KeyError:
-            return self._verdict(
-                sock, uid, f"uid:{uid}", "?", None, started, False, "denied", Reasons.UNKNOWN_UID
-            )
-        user = entry.pw_name
-        connection = request.get("connection")
-        client = clean(connection.split()[0]) if isinstance(connection, str) and connection else "-"
-        if not _valid_login(request):
-            return self._verdict(
-                sock, uid, user, client, None, started, False, "denied", Reasons.MALFORMED
-            )
+            return None, deny(reasons.UNKNOWN_UID)
+        if not _valid_request(request):
+            return None, deny(reasons.MALFORMED)
+        command = request.get("command")
+        command = None if command is None else clean(command)[:MAX_COMMAND]
         if request["op"] == OP_VERIFY:
-            return self._verify_phone(sock, uid, user, client, request, started)
-        phone, exempt_until = self.registry.lookup(user)
-        sftp = is_sftp_session(request.get("command"), request["tty"])
-        decided = self._before_check(
-            uid, user, _group_names(user, entry.pw_gid), client, connection, phone, exempt_until, sftp
-        )
-        if decided:
-            return self._verdict(sock, uid, user, client, None, started, *decided)
-        checked = self._check(sock, uid, user, client, phone, request, started)
-        if checked is None:
-            return None
-        login, (allow, outcome, reason) = checked
-        if allow and isinstance(connection, str) and self.settings.connection_reuse_seconds:
-            with self._lock:
-                self._approved[(uid, connection)] = (
-                    time.monotonic() + self.settings.connection_reuse_seconds
-                )
-        self._verdict(sock, uid, user, client, login.check_id, started, allow, outcome, reason)
+            # Root asks for a check on a number before registering it (ssh-auth register-user).
+            if uid != 0:
+                return None, deny(reasons.MALFORMED)
+            return Caller(uid, entry.pw_gid, entry.pw_name, None, LOCAL, command, request), None
+        connection = connections.of_process(pid, uid)
+        if connection is None:
+            return None, deny(reasons.NOT_SSH)
+        address = connections.client_address(request.get("connection"))
+        if address is None:
+            return None, deny(reasons.MALFORMED)
+        caller = Caller(uid, entry.pw_gid, entry.pw_name, connection, address, command, request)
+        if not self.addresses.bind(connection, address):
+            return caller, deny(reasons.ADDRESS_CHANGED)
+        return caller, None
 
-    def _verify_phone(self, sock, uid, user, client, request, started) -> None:
-        """Root asks for a check on a number before registering it: the full phone flow."""
-        who = request.get("user")
-        if uid != 0 or not isinstance(who, str) or not E164_DIGITS.fullmatch(str(request.get("phone"))):
-            return self._verdict(
-                sock, uid, user, client, None, started, False, "denied", Reasons.MALFORMED
-            )
-        request = {**request, "command": f"(register this phone for {clean(who)})"}
-        checked = self._check(sock, uid, clean(who), client, request["phone"], request, started)
-        if checked is None:
-            return None
-        login, (allow, outcome, reason) = checked
-        self._verdict(
-            sock,
-            uid,
-            user,
-            client,
-            login.check_id,
-            started,
-            allow,
-            outcome,
-            f"phone verification for {clean(who)}: {reason}",
-        )
-
-    def _check(self, sock, uid, user, client, phone, request, started):
-        """Create the check, show it, wait for its verdict: (login, verdict), or None if the
-        check could not even start (its verdict was sent already)."""
-        login = self._start_check(sock, uid, user, client, phone, request, started)
-        if login is None:
-            return None
-        try:
-            return login, self._wait(sock, login)
-        finally:
-            with self._lock:
-                self._logins.pop(login.check_id, None)
-                for fd in login.wake:
-                    os.close(fd)
-
-    def _before_check(self, uid, user, groups, client, connection, phone, exempt_until, sftp):
-        """A verdict that needs no phone (exempt, reused, unregistered, rate limited), or None."""
+    def _decide(self, sock, caller: Caller) -> tuple[str | None, Verdict]:
+        """(check_id, verdict): by policy alone, or by the phone check it runs."""
+        if caller.request["op"] == OP_VERIFY:
+            return self._verify_phone(sock, caller)
         settings = self.settings
-        if is_exempt(user, groups, settings.exempt_users, settings.exempt_groups):
-            return True, "exempt", Reasons.EXEMPT
-        if exempt_until:
-            when = time.strftime("%H:%M", time.localtime(exempt_until))
-            return True, "exempt", Reasons.ALLOW_ONCE.format(until=when)
-        if isinstance(connection, str):
-            with self._lock:
-                until = self._approved.get((uid, connection), 0)
-            if time.monotonic() < until:
-                return True, "reused", Reasons.REUSED
-        if sftp:  # nobody could see its QR: refuse at once rather than hang until the deadline
-            return False, "denied", Reasons.SFTP_NEEDS_MASTER
-        if phone is None:
+        if is_exempt(caller.user, caller.groups(), settings.exempt_users, settings.exempt_groups):
+            return None, Verdict(True, "exempt", reasons.EXEMPT)
+        try:
+            registration = self.registry.lookup(caller.user)
+        except RegistryUnavailable:
+            return None, deny(reasons.NO_REGISTRY, "error")
+        if registration.allow_once_until:
+            when = time.strftime("%H:%M", time.localtime(registration.allow_once_until))
+            return None, Verdict(True, "exempt", reasons.ALLOW_ONCE.format(until=when))
+        if self.approvals.reused(caller.uid, caller.connection):
+            return None, Verdict(True, "reused", reasons.REUSED)
+        if is_sftp_session(caller.command, caller.request["tty"]):
+            # Nobody could see its QR: refuse at once rather than hang until the deadline.
+            return None, deny(reasons.SFTP_NEEDS_MASTER)
+        if registration.malformed:
+            return None, deny(reasons.BAD_REGISTRATION)
+        if registration.phone is None:
             if settings.unregistered == "allow":
-                return True, "exempt", Reasons.UNREGISTERED_ALLOWED
-            return False, "denied", Reasons.UNREGISTERED
-        if not self.settings.public_url:
-            return False, "error", Reasons.NO_PUBLIC_URL
-        now = time.monotonic()
-        with self._lock:
-            attempts = self._attempts[(user, client)]
-            while attempts and attempts[0] <= now - RATE_WINDOW:
-                attempts.popleft()
-            if len(attempts) >= settings.max_checks_per_user:
-                wait = int(attempts[0] + RATE_WINDOW - now) + 1
-                return False, "denied", Reasons.TOO_MANY_ATTEMPTS.format(seconds=wait)
-            attempts.append(now)
-        return None
+                return None, Verdict(True, "exempt", reasons.UNREGISTERED_ALLOWED)
+            return None, deny(reasons.UNREGISTERED)
+        return self._check(sock, caller, registration.phone)
 
-    def _start_check(self, sock, uid, user, client, phone, request, started) -> Login | None:
-        """Create the check and send the challenge; on failure send the verdict and return None."""
+    def _verify_phone(self, sock, caller: Caller) -> tuple[str | None, Verdict]:
+        """The full phone flow on a number root is about to register."""
+        who, phone = caller.request.get("user"), caller.request.get("phone")
+        if not (isinstance(who, str) and USERNAME.fullmatch(who) and isinstance(phone, str)):
+            return None, deny(reasons.MALFORMED)
+        if not E164_DIGITS.fullmatch(phone):
+            return None, deny(reasons.MALFORMED)
+        shown = Caller(
+            caller.uid, caller.gid, who, None, LOCAL, f"(register this phone for {who})", caller.request
+        )
+        check_id, verdict = self._check(sock, shown, phone)
+        reason = f"phone verification for {who}: {verdict.reason}"
+        return check_id, Verdict(verdict.allow, verdict.outcome, reason)
+
+    def _check(self, sock, caller: Caller, phone: str) -> tuple[str | None, Verdict]:
+        """Create the check, show it, wait for its verdict."""
+        if not self.settings.public_url:
+            return None, deny(reasons.NO_PUBLIC_URL, "error")
+        over = self.budget.take(caller.uid, caller.address)
+        if over:
+            which, seconds = over
+            line = reasons.TOO_MANY_ATTEMPTS if which == "user" else reasons.TOO_MANY_CHECKS
+            return None, deny(line.format(seconds=seconds))
+        login, refusal = self._start_check(sock, caller, phone)
+        if refusal:
+            return None, refusal
+        try:
+            return login.check_id, self._wait(sock, login)
+        finally:
+            self.logins.drop(login.check_id)
+
+    def _start_check(self, sock, caller: Caller, phone: str) -> tuple[Login | None, Verdict | None]:
+        """Create the check and send the challenge; or the verdict that it could not start."""
         try:
             check = self.client.create_check(phone, self.settings.webhook_url, within=CREATE_BUDGET)
         except ApiUnreachable as error:
-            log.error("creating a check for %s: %s", user, error)
-            # SECURITY: the only fail-open path: opt-in, API wholly unreachable, at creation only.
-            if self.settings.failmode == "safe":
-                self._verdict(sock, uid, user, client, None, started, True, "failsafe", Reasons.FAILSAFE)
-            else:
-                self._verdict(sock, uid, user, client, None, started, False, "error", Reasons.API_DOWN)
-            return None
+            log.error("creating a check for %s: %s", caller.user, error)
+            # SECURITY: the only fail-open path: opt-in, at creation only, and only when the API
+            # is down (refused, DNS, connect timeout, 5xx), never a TLS or protocol failure.
+            if self.settings.failmode == "safe" and error.down:
+                return None, Verdict(True, "failsafe", reasons.FAILSAFE)
+            return None, deny(reasons.API_DOWN, "error")
         except PhoneCheckError as error:
-            log.error("creating a check for %s: %s", user, error)
-            reason = (
-                Reasons.API_BUSY.format(seconds=error.retry_after)
-                if error.status == 429 and error.retry_after
-                else Reasons.API_REFUSED.format(
-                    detail=f"HTTP {error.status}" if (error.status or 0) >= 400 else "bad answer"
-                )
-            )
-            self._verdict(sock, uid, user, client, None, started, False, "error", reason)
-            return None
+            log.error("creating a check for %s: %s", caller.user, error)
+            if error.status == 429 and error.retry_after:
+                return None, deny(reasons.API_BUSY.format(seconds=error.retry_after), "error")
+            detail = f"HTTP {error.status}" if (error.status or 0) >= 400 else "bad answer"
+            return None, deny(reasons.API_REFUSED.format(detail=detail), "error")
         self._note_balance(check.snapshot_balance)
         ttl = min(self.settings.ttl, check.ttl or self.settings.ttl)
         number, choices = None, []
         if self.settings.number_match:
-            choices = random.sample(range(10, 100), 3)
+            choices = secrets.SystemRandom().sample(range(10, 100), 3)
             number = str(choices[0])
-            random.shuffle(choices)
-        columns, rows = request["columns"], request["rows"]
-        reserved = rows_reserved(check.check_url, number, columns)
-        rendering = qr.render(check.check_url, columns, rows, request["unicode"], reserved)
+            secrets.SystemRandom().shuffle(choices)
         login = Login(
             check.check_id,
-            user,
-            client,
-            clean(request["command"]) if request["command"] is not None else None,
+            caller.user,
+            caller.address,
+            caller.command,
             number,
             [str(c) for c in choices],
             time.monotonic(),
             time.monotonic() + ttl,
         )
-        with self._lock:
-            self._logins[check.check_id] = login
-        self._send(
-            sock,
-            {
-                "event": EVENT_CHALLENGE,
-                "check_id": check.check_id,
-                "check_url": check.check_url,
-                "qr": rendering
-                or "(No room for a QR code in this terminal: open the URL below on the phone.)",
-                "number": number,
-                "expires_at": time.time() + ttl,
-            },
-        )
-        log.info("check %s started for %s from %s", check.check_id, user, client)
-        return login
+        self.logins.add(login)
+        self._send(sock, self._challenge(caller.request, check, number, ttl))
+        log.info("check %s started for %s from %s", check.check_id, caller.user, caller.address)
+        return login, None
+
+    @staticmethod
+    def _challenge(request: dict, check, number: str | None, ttl: float) -> dict:
+        columns, rows = request["columns"], request["rows"]
+        reserved = rows_reserved(check.check_url, number, columns)
+        rendering = qr.render(check.check_url, columns, rows, request["unicode"], reserved)
+        return {
+            "event": EVENT_CHALLENGE,
+            "check_id": check.check_id,
+            "check_url": check.check_url,
+            "qr": rendering or NO_ROOM_FOR_QR,
+            "number": number,
+            "expires_at": time.time() + ttl,
+        }
 
     def _note_balance(self, balance) -> None:
         """Leave the API's last snapshot_balance beside the socket, for `ssh-auth doctor`."""
-        if balance is not None:
-            try:
-                (Path(self.settings.socket).parent / "balance").write_text(f"{balance}\n")
-            except OSError:
-                pass
+        if balance is None:
+            return
+        path = Path(self.settings.socket).parent / "balance"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(f"{balance}\n")
+        except OSError:
+            pass
 
-    def _wait(self, sock: socket.socket, login: Login) -> tuple[bool, str, str]:
+    def _wait(self, sock: socket.socket, login: Login) -> Verdict:
         """Wait for the webhook's verdict, polling the API as a fallback, until the deadline."""
         poller = select.poll()
         poller.register(sock, select.POLLIN | select.POLLHUP | select.POLLERR)
@@ -406,7 +386,7 @@ class Broker:
             if login.verdict and not self.poll_only:
                 return login.verdict
             if now >= login.deadline:
-                self.finish(login.check_id, False, "denied", Reasons.EXPIRED)
+                self.logins.finish(login.check_id, deny(reasons.EXPIRED))
                 return login.verdict
             if now >= next_poll:
                 self._poll(login)
@@ -415,24 +395,13 @@ class Broker:
                 next_poll = time.monotonic() + self.settings.poll_interval
                 continue
             if now >= next_status:
-                self._send(
-                    sock,
-                    {
-                        "event": EVENT_STATUS,
-                        "status": "PENDING",
-                        "seconds_left": int(login.deadline - now),
-                    },
-                )
+                left = int(login.deadline - now)
+                self._send(sock, {"event": EVENT_STATUS, "status": "PENDING", "seconds_left": left})
                 next_status = now + STATUS_EVERY
             timeout = min(login.deadline, next_poll, next_status) - now
             for fd, _ in poller.poll(max(0, timeout) * 1000):
                 if fd != login.wake[0]:  # the shim went away (EOF) or spoke out of turn
-                    self.finish(
-                        login.check_id,
-                        False,
-                        "denied",
-                        "the login was abandoned (the SSH session went away).",
-                    )
+                    self.logins.finish(login.check_id, deny(reasons.ABANDONED))
                     return login.verdict
 
     def _poll(self, login: Login) -> None:
@@ -443,22 +412,24 @@ class Broker:
             log.warning("fallback GET of %s failed: %s", login.check_id, error)
             return
         if check.status == "EXPIRED":
-            self.finish(login.check_id, False, "denied", Reasons.EXPIRED)
+            self.logins.finish(login.check_id, deny(reasons.EXPIRED))
         elif check.status == "ERROR":
-            self.finish(
-                login.check_id,
-                False,
-                "denied",
-                Reasons.NETWORK.format(detail=clean(check.error_code or "error")),
-            )
+            log.info("check %s: network error %s", login.check_id, clean(check.error_code)[:64])
+            self.logins.finish(login.check_id, deny(reasons.network_error(check.error_code)))
         elif check.status == "COMPLETED" and not login.claimed:
-            self.finish(login.check_id, False, "denied", Reasons.COMPLETED_ELSEWHERE)
+            self.logins.finish(login.check_id, deny(reasons.COMPLETED_ELSEWHERE))
 
-    def _verdict(self, sock, uid, user, client, check_id, started, allow, outcome, reason):
-        self._send(sock, {"event": EVENT_VERDICT, "allow": allow, "reason": reason})
+    def _finish(self, sock, user, uid, address, check_id, started, verdict: Verdict) -> None:
+        """Send the verdict and log the decision once."""
+        self._send_verdict(sock, verdict)
         self.audit.record(
-            Decision(user, uid, client, check_id, outcome, reason, time.monotonic() - started)
+            Decision(
+                user, uid, address, check_id, verdict.outcome, verdict.reason, time.monotonic() - started
+            )
         )
+
+    def _send_verdict(self, sock: socket.socket, verdict: Verdict) -> None:
+        self._send(sock, {"event": EVENT_VERDICT, "allow": verdict.allow, "reason": verdict.reason})
 
     @staticmethod
     def _send(sock: socket.socket, message: dict) -> None:
@@ -469,7 +440,9 @@ class Broker:
             pass  # the shim went away; its own deadline and the audit line cover it
 
 
-def _valid_login(request: dict) -> bool:
+def _valid_request(request: dict) -> bool:
+    """Types and bounds of the login line (its strings are bounded by the line's 64 KiB)."""
+
     def small_int(value):
         return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 10000
 
@@ -484,12 +457,8 @@ def _valid_login(request: dict) -> bool:
     )
 
 
-def _group_names(user: str, primary_gid: int) -> list[str]:
-    """The names of every group the user is in (gids without a name are skipped)."""
-    names = []
-    for gid in os.getgrouplist(user, primary_gid):
-        try:
-            names.append(grp.getgrgid(gid).gr_name)
-        except KeyError:
-            continue
-    return names
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid:{uid}"

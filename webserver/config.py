@@ -2,6 +2,7 @@
 
 import ipaddress
 import json
+import math
 import os
 import stat
 from dataclasses import dataclass, field, fields
@@ -77,6 +78,8 @@ def _number(minimum: float, kind=int):
             number = kind(value)
         except ValueError:
             raise ValueError("must be a number") from None
+        if not math.isfinite(number):
+            raise ValueError("must be a finite number")
         if number < minimum:
             raise ValueError(f"must be at least {minimum}")
         return number
@@ -104,6 +107,15 @@ def _listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _is_loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
+
+
 def _path(value: str) -> str:
     if not value.startswith("/"):
         raise ValueError("must be an absolute path")
@@ -119,12 +131,14 @@ class Settings:
     socket: str = "/run/ssh-auth/ssh-auth.sock"
     credentials: str = "/etc/ssh-auth/tru.json"
     api_base_url: str | None = None
+    insecure_api_base_url: bool = False
     data_residency: str | None = None
     failmode: str = "secure"
     unregistered: str = "deny"
     exempt_users: tuple[str, ...] = ()
     exempt_groups: tuple[str, ...] = ()
     max_checks_per_user: int = 5
+    max_checks_per_minute: int = 60
     connection_reuse_seconds: int = 3600
     require_signature: bool = True
     confirm_on_phone: bool = True
@@ -179,6 +193,16 @@ class Settings:
                 f"{self.config_path}: public_url is required unless tunnel = ngrok "
                 "(the phone must reach this service's /complete-check)"
             )
+        if self.api_base_url and not (
+            urlsplit(self.api_base_url).scheme == "https"
+            or _is_loopback(urlsplit(self.api_base_url).hostname)
+            or self.insecure_api_base_url
+        ):
+            raise ConfigError(
+                f"{self.config_path}: api_base_url {self.api_base_url} is plain HTTP to another "
+                "host: the API's answers decide who logs in. Use https, or set "
+                "insecure_api_base_url = true (a development stack only)"
+            )
         if self.tunnel == "ngrok" and not self.ngrok_path:
             raise ConfigError(
                 f"{self.config_path}: tunnel = ngrok needs ngrok_path (the agent is never downloaded)"
@@ -196,12 +220,14 @@ PARSERS = {
     "socket": _path,
     "credentials": _path,
     "api_base_url": _url,
+    "insecure_api_base_url": _boolean,
     "data_residency": _choice("eu", "in", "us"),
     "failmode": _choice("secure", "safe"),
     "unregistered": _choice("deny", "allow"),
     "exempt_users": _words,
     "exempt_groups": _words,
     "max_checks_per_user": _number(1),
+    "max_checks_per_minute": _number(1),
     "connection_reuse_seconds": _number(0),
     "require_signature": _boolean,
     "confirm_on_phone": _boolean,

@@ -1,11 +1,13 @@
 """The PhoneCheck v0.2 API client: token cache, create/get/patch, one error type per failure class."""
 
+import socket
 import threading
 import time
 from dataclasses import dataclass
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import NameResolutionError
 
 from .config import Credentials
 
@@ -40,7 +42,16 @@ class PhoneCheckError(Exception):
 
 
 class ApiUnreachable(PhoneCheckError):
-    """The API could not be reached at all: connect error, DNS, timeout or a 5xx answer."""
+    """The API gave no usable answer: no connection, a timeout, a broken TLS or HTTP exchange, 5xx.
+
+    `down` is true only for what says the API itself is down and an attacker on the path cannot
+    fake into it more cheaply than by taking the API down: connection refused, DNS failure,
+    connect timeout, a 5xx answer. Only those may open a login under failmode = safe.
+    """
+
+    def __init__(self, detail: str, status: int | None = None, down: bool = False, **kwargs):
+        super().__init__(detail, status, **kwargs)
+        self.down = down
 
 
 @dataclass(frozen=True)
@@ -107,22 +118,31 @@ class PhoneCheckClient:
 
     def token(self, deadline: float | None = None) -> str:
         """A bearer token, fetched once and reused until 60 s before it expires."""
-        with self._token_lock:
-            if self._token and time.monotonic() < self._token[1]:
-                return self._token[0]
-            body = self._call(
-                "POST",
-                "/oauth2/v1/token",
-                bearer=False,
-                deadline=deadline,
-                auth=(self.credentials.client_id, self.credentials.client_secret),
-                data={"grant_type": "client_credentials", "scope": "phone_check coverage"},
-            )
-            token, expires_in = body.get("access_token"), body.get("expires_in")
-            if not isinstance(token, str) or not isinstance(expires_in, int):
-                raise PhoneCheckError("malformed token answer from the PhoneCheck API")
-            self._token = (token, time.monotonic() + expires_in - TOKEN_MARGIN)
-            return token
+        wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+        # Waiting for another thread's fetch says nothing about the API: never "down".
+        if not self._token_lock.acquire(timeout=wait):
+            raise ApiUnreachable("another request for an access token is still running")
+        try:
+            return self._cached_or_new_token(deadline)
+        finally:
+            self._token_lock.release()
+
+    def _cached_or_new_token(self, deadline: float | None) -> str:
+        if self._token and time.monotonic() < self._token[1]:
+            return self._token[0]
+        body = self._call(
+            "POST",
+            "/oauth2/v1/token",
+            bearer=False,
+            deadline=deadline,
+            auth=(self.credentials.client_id, self.credentials.client_secret),
+            data={"grant_type": "client_credentials", "scope": "phone_check coverage"},
+        )
+        token, expires_in = body.get("access_token"), body.get("expires_in")
+        if not isinstance(token, str) or not isinstance(expires_in, int):
+            raise PhoneCheckError("malformed token answer from the PhoneCheck API")
+        self._token = (token, time.monotonic() + expires_in - TOKEN_MARGIN)
+        return token
 
     def create_check(
         self, phone_number: str, redirect_url: str | None, within: float | None = None
@@ -176,7 +196,7 @@ class PhoneCheckClient:
         if deadline is None:
             return self.timeout
         left = deadline - time.monotonic()
-        if left <= 0.05:
+        if left <= 0.05:  # this login's own budget ran out: not a sign that the API is down
             raise ApiUnreachable("PhoneCheck API did not answer in time")
         return min(self.timeout[0], left), min(self.timeout[1], left)
 
@@ -207,10 +227,8 @@ class PhoneCheckClient:
                     allow_redirects=False,
                     **kwargs,
                 )
-            except requests.Timeout:
-                error = ApiUnreachable("PhoneCheck API did not answer in time")
             except requests.RequestException as exc:
-                error = ApiUnreachable(f"PhoneCheck API unreachable: {_reason(exc)}")
+                error = _unreachable(exc)
             else:
                 if response.status_code == 401 and bearer and not token_refreshed:
                     self.forget_token()  # revoked or expired early: one fresh token, then give up
@@ -231,21 +249,35 @@ def _worth_retrying(error: PhoneCheckError) -> bool:
     return error.status == 429 and (error.retry_after or 0) <= MAX_RETRY_AFTER_WAIT
 
 
-def _reason(exc: requests.RequestException) -> str:
-    text = str(exc.args[0] if exc.args else exc)
-    for marker in (
-        "Name or service not known",
-        "Temporary failure in name resolution",
-        "Connection refused",
-        "Connection reset",
-        "Connection aborted",
-        "RemoteDisconnected",
-        "SSLError",
-        "certificate verify failed",
-    ):
-        if marker in text:
-            return marker.lower()
-    return type(exc).__name__
+def _unreachable(exc: requests.RequestException) -> ApiUnreachable:
+    """Classify a failed request; only a refused connection, DNS or a connect timeout is "down"."""
+    if isinstance(exc, requests.exceptions.SSLError):  # before ConnectionError: it is one
+        return ApiUnreachable("PhoneCheck API unreachable: TLS certificate or handshake failed")
+    if isinstance(exc, requests.ConnectTimeout):
+        return ApiUnreachable("PhoneCheck API did not accept a connection in time", down=True)
+    if isinstance(exc, requests.Timeout):
+        return ApiUnreachable("PhoneCheck API did not answer in time")
+    causes = _causes(exc)
+    if any(isinstance(c, ConnectionRefusedError) for c in causes):
+        return ApiUnreachable("PhoneCheck API unreachable: connection refused", down=True)
+    if any(isinstance(c, (socket.gaierror, NameResolutionError)) for c in causes):
+        return ApiUnreachable("PhoneCheck API unreachable: DNS lookup failed", down=True)
+    return ApiUnreachable(f"PhoneCheck API unreachable: {type(causes[-1]).__name__}")
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exception and everything it wraps (requests -> urllib3 -> the socket's OSError)."""
+    chain, seen = [], set()
+    stack = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        chain.append(current)
+        stack.extend([current.__cause__, current.__context__, getattr(current, "reason", None)])
+        stack.extend(arg for arg in getattr(current, "args", ()) if isinstance(arg, BaseException))
+    return chain
 
 
 def _json_object(response: requests.Response) -> dict:
@@ -275,13 +307,13 @@ def _problem(response: requests.Response) -> PhoneCheckError:
     detail = body.get("detail") or body.get("title") or response.reason or "error"
     problem_type = body.get("type")
     retry_after = _retry_after(response.headers.get("Retry-After"))
-    kind = ApiUnreachable if status >= 500 else PhoneCheckError
-    return kind(
-        f"PhoneCheck API answered HTTP {status}: {str(detail)[:200]}",
-        status=status,
-        problem_type=str(problem_type) if problem_type else None,
-        retry_after=retry_after,
-    )
+    text = f"PhoneCheck API answered HTTP {status}: {str(detail)[:200]}"
+    problem_type = str(problem_type) if problem_type else None
+    if status >= 500:
+        return ApiUnreachable(
+            text, status, down=True, problem_type=problem_type, retry_after=retry_after
+        )
+    return PhoneCheckError(text, status, problem_type=problem_type, retry_after=retry_after)
 
 
 def _retry_after(value: str | None) -> int | None:

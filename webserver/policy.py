@@ -1,6 +1,21 @@
-"""Login policy as pure functions: exemptions and unregistered users."""
+"""Login policy: exemptions, reuse of an approval, and the limits, all keyed on what the kernel says.
 
-from collections.abc import Iterable
+Every store here is pruned (prune() runs from the broker's loop), so no caller can grow it without
+bound: a key falls away when its window has passed or its SSH connection has ended.
+"""
+
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Hashable, Iterable
+
+from .connection import SshConnection
+
+RATE_WINDOW = 600.0  # max_checks_per_user counts check creations in this window
+PER_UID_FACTOR = 10  # one account, from all its addresses: this many times max_checks_per_user
+DENIAL_BURST = 60  # denials per uid and address logged one by one before they are summarised...
+DENIALS_PER_SECOND = 1.0  # ...and the rate at which single lines come back
+SUMMARY_EVERY = 60.0  # seconds between summary lines for denials not logged one by one
 
 
 def matches(name_list: Iterable[str], names: Iterable[str]) -> bool:
@@ -23,6 +38,199 @@ SFTP_SERVERS = ("sftp-server", "internal-sftp")
 
 def is_sftp_session(command: str | None, tty: bool) -> bool:
     """sftp (and scp in its default SFTP mode): a subsystem whose stderr sshd discards."""
-    if tty or not command:
+    words = (command or "").split()
+    if tty or not words:
         return False
-    return command.split()[0].rsplit("/", 1)[-1] in SFTP_SERVERS
+    return words[0].rsplit("/", 1)[-1] in SFTP_SERVERS
+
+
+class SlidingWindow:
+    """At most `limit` events per key in any `window` seconds."""
+
+    def __init__(self, limit: int, window: float):
+        self.limit, self.window = limit, window
+        self._events: dict[Hashable, deque] = defaultdict(deque)
+
+    def wait(self, key: Hashable, now: float) -> float:
+        """Seconds until the key may have another event (0: now)."""
+        events = self._events.get(key)
+        if not events:
+            return 0.0
+        while events and events[0] <= now - self.window:
+            events.popleft()
+        return 0.0 if len(events) < self.limit else events[0] + self.window - now
+
+    def add(self, key: Hashable, now: float) -> None:
+        """Count one event for the key."""
+        self._events[key].append(now)
+
+    def prune(self, now: float) -> None:
+        """Forget keys with no event in the window."""
+        for key in [k for k, events in self._events.items() if events[-1] <= now - self.window]:
+            del self._events[key]
+
+
+class CheckBudget:
+    """Check creations per (uid, address), per uid, and per minute for the whole service."""
+
+    def __init__(self, per_address: int, per_minute: int, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._per_address = SlidingWindow(per_address, RATE_WINDOW)
+        self._per_uid = SlidingWindow(per_address * PER_UID_FACTOR, RATE_WINDOW)
+        self._service = SlidingWindow(per_minute, 60.0)
+
+    def take(self, uid: int, address: str) -> tuple[str, int] | None:
+        """Count a check creation; or ("user" | "service", seconds to wait) if over a limit."""
+        now = self.clock()
+        with self._lock:
+            waits = {
+                "user": max(self._per_address.wait((uid, address), now), self._per_uid.wait(uid, now)),
+                "service": self._service.wait(None, now),
+            }
+            for which, wait in waits.items():
+                if wait > 0:
+                    return which, int(wait) + 1
+            self._per_address.add((uid, address), now)
+            self._per_uid.add(uid, now)
+            self._service.add(None, now)
+        return None
+
+    def prune(self) -> None:
+        """Forget windows that have passed."""
+        now = self.clock()
+        with self._lock:
+            for window in (self._per_address, self._per_uid, self._service):
+                window.prune(now)
+
+
+class Denials:
+    """Denials made without a phone check, per (uid, address): a burst, then a steady rate, get a
+    log line each; the rest are counted, and summarised once a minute.
+
+    Such denials cost the caller nothing, so they are what a flood is made of; allowed logins
+    (exemptions, reuse on a ControlMaster connection) and phone checks (budgeted) are not.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._tokens: dict[Hashable, tuple[float, float]] = {}  # key -> (tokens, when)
+        self._refused: dict[Hashable, tuple[int, float]] = {}  # key -> (count, since)
+
+    def loggable(self, key: Hashable) -> bool:
+        """Whether this denial gets its own line; False (and counted) when the key is flooding."""
+        now = self.clock()
+        with self._lock:
+            tokens, when = self._tokens.get(key, (DENIAL_BURST, now))
+            tokens = min(DENIAL_BURST, tokens + (now - when) * DENIALS_PER_SECOND)
+            if tokens >= 1:
+                self._tokens[key] = (tokens - 1, now)
+                return True
+            self._tokens[key] = (tokens, now)
+            count, since = self._refused.get(key, (0, now))
+            self._refused[key] = (count + 1, since)
+            return False
+
+    def summaries(self, final: bool = False) -> list[tuple[Hashable, int, float]]:
+        """(key, denials not logged, over how many seconds) for each key due a summary line."""
+        now = self.clock()
+        with self._lock:
+            due = [
+                (key, count, now - since)
+                for key, (count, since) in self._refused.items()
+                if final or now - since >= SUMMARY_EVERY
+            ]
+            for key, _, _ in due:
+                del self._refused[key]
+        return due
+
+    def prune(self) -> None:
+        """Forget buckets that are full again."""
+        now = self.clock()
+        with self._lock:
+            full = [
+                key
+                for key, (tokens, when) in self._tokens.items()
+                if tokens + (now - when) * DENIALS_PER_SECOND >= DENIAL_BURST
+            ]
+            for key in full:
+                del self._tokens[key]
+
+
+class Approvals:
+    """Approvals that later sessions on the same live SSH connection may reuse (ControlMaster)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._until: dict[tuple[int, SshConnection], float] = {}
+
+    def remember(self, uid: int, connection: SshConnection, seconds: float) -> None:
+        """The phone approved a login on this connection: reusable for `seconds` while it lives."""
+        with self._lock:
+            self._until[(uid, connection)] = self.clock() + seconds
+
+    def reused(self, uid: int, connection: SshConnection) -> bool:
+        """Whether this uid's connection holds a current approval (and is still the same one)."""
+        with self._lock:
+            until = self._until.get((uid, connection), 0.0)
+        return self.clock() < until and connection.alive()
+
+    def prune(self) -> None:
+        """Forget approvals that ran out or whose connection ended."""
+        now = self.clock()
+        with self._lock:
+            items = list(self._until.items())
+        gone = [key for key, until in items if until <= now or not key[1].alive()]
+        with self._lock:
+            for key in gone:
+                self._until.pop(key, None)
+
+
+class ConnectionAddresses:
+    """The client address of each SSH connection, as given at its first login; never changed."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._address: dict[SshConnection, str] = {}
+
+    def bind(self, connection: SshConnection, address: str) -> bool:
+        """Record the connection's address, or check a later login gives the same one."""
+        with self._lock:
+            return self._address.setdefault(connection, address) == address
+
+    def prune(self) -> None:
+        """Forget connections that have ended."""
+        with self._lock:
+            connections = list(self._address)
+        gone = [connection for connection in connections if not connection.alive()]
+        with self._lock:
+            for connection in gone:
+                self._address.pop(connection, None)
+
+
+class Waiting:
+    """Logins waiting at once, capped per key: e.g. per (uid, connection), per (uid, address)."""
+
+    def __init__(self, limits: dict[str, int]):
+        self.limits = limits
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, Hashable], int] = defaultdict(int)
+
+    def admit(self, keys: dict[str, Hashable]) -> bool:
+        """Count a waiting login under each of its keys, unless one is at its limit."""
+        with self._lock:
+            if any(self._counts[(kind, key)] >= self.limits[kind] for kind, key in keys.items()):
+                return False
+            for kind, key in keys.items():
+                self._counts[(kind, key)] += 1
+        return True
+
+    def release(self, keys: dict[str, Hashable]) -> None:
+        """The login no longer waits."""
+        with self._lock:
+            for kind, key in keys.items():
+                self._counts[(kind, key)] -= 1
+                if not self._counts[(kind, key)]:
+                    del self._counts[(kind, key)]

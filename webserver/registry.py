@@ -6,6 +6,7 @@ import re
 import stat
 import threading
 import time
+from dataclasses import dataclass
 
 from .files import atomic_write, locked
 
@@ -27,6 +28,19 @@ def parse_entry(line: str) -> tuple[str, str] | None:
     return name.strip(), phone
 
 
+class RegistryUnavailable(Exception):
+    """The registry cannot be read: every login that needs it is denied until it can be."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What the registry says about one user."""
+
+    phone: str | None = None
+    allow_once_until: float | None = None
+    malformed: bool = False  # a `user=` line for this user that is not valid: never "unregistered"
+
+
 class Registry:
     """Who is registered with which number; reloaded when the file changes (no restart)."""
 
@@ -35,42 +49,50 @@ class Registry:
         self._lock = threading.Lock()
         self._stamp: tuple | None = None
         self._phones: dict[str, str] = {}
+        self._malformed: set[str] = set()
         self._allow_once: dict[str, float] = {}
 
-    def lookup(self, user: str) -> tuple[str | None, float | None]:
-        """(registered number or None, end of a current `allow-once` exemption or None)."""
+    def lookup(self, user: str) -> Registration:
+        """The user's registration; RegistryUnavailable if the file cannot be read."""
         with self._lock:
             self._reload_if_changed()
-            phone, until = self._phones.get(user), self._allow_once.get(user, 0.0)
-        return phone, until if until > time.time() else None
-
-    def phone_for(self, user: str) -> str | None:
-        """The registered number (E.164 digits) for a user, or None."""
-        return self.lookup(user)[0]
+            until = self._allow_once.get(user, 0.0)
+            return Registration(
+                self._phones.get(user),
+                until if until > time.time() else None,
+                user in self._malformed and user not in self._phones,
+            )
 
     def _reload_if_changed(self) -> None:
         try:
-            info = os.stat(self.path)
+            with open(self.path, encoding="utf-8", errors="replace") as handle:
+                info = os.fstat(handle.fileno())
+                stamp = (info.st_mtime_ns, info.st_size, info.st_ino)
+                if stamp != self._stamp:
+                    self._parse(handle)
+                    self._stamp = stamp
         except OSError as error:
+            # SECURITY: never "nobody is registered" (unregistered = allow would open every login).
+            self._stamp = None
             log.error("cannot read the registry %s: %s", self.path, error.strerror)
-            self._phones, self._stamp = {}, None
-            return
-        stamp = (info.st_mtime_ns, info.st_size, info.st_ino)
-        if stamp == self._stamp:
-            return
-        phones, self._allow_once = {}, {}
-        with open(self.path, encoding="utf-8", errors="replace") as handle:
-            for number, line in enumerate(handle, 1):
-                if (owner := line_owner(line, "allow_once")) is not None:
-                    until = line.partition(":")[2].strip()
-                    self._allow_once[owner] = float(until) if until.isdigit() else 0.0
-                elif line.strip().startswith("user"):
-                    entry = parse_entry(line)
-                    if entry is None:
-                        log.warning("%s line %d: ignored malformed registry entry", self.path, number)
-                        continue
-                    phones[entry[0]] = entry[1]
-        self._phones, self._stamp = phones, stamp
+            raise RegistryUnavailable(f"cannot read {self.path}: {error.strerror}") from None
+
+    def _parse(self, handle) -> None:
+        phones, malformed, allow_once = {}, set(), {}
+        for number, line in enumerate(handle, 1):
+            if (owner := line_owner(line, "allow_once")) is not None:
+                until = line.partition(":")[2].strip()
+                allow_once[owner] = float(until) if until.isdigit() else 0.0
+            elif line.strip().startswith("user"):
+                entry = parse_entry(line)
+                if entry is None:
+                    log.warning("%s line %d: malformed registry entry", self.path, number)
+                    owner = line_owner(line, "user")
+                    if owner:
+                        malformed.add(owner)
+                    continue
+                phones[entry[0]] = entry[1]
+        self._phones, self._malformed, self._allow_once = phones, malformed, allow_once
 
 
 class RegistryError(ValueError):

@@ -30,12 +30,16 @@ class SignatureError(Exception):
         self.reason = reason
 
 
+REDIRECT_PARAMETERS = ("check_id", "code", "error", "error_description")
+
+
 @dataclass(frozen=True)
 class VerifiedRedirect:
-    """check_id and code as the API signed them."""
+    """The redirect's parameters as the API signed them: a code on success, an error on failure."""
 
     check_id: str
-    code: str
+    code: str | None = None
+    error: str | None = None
 
 
 class JwksCache:
@@ -92,7 +96,8 @@ class RedirectVerifier:
 
     def verify(self, args: Mapping[str, str]) -> VerifiedRedirect:
         """Verify the outer query's signed `redirect_url`; raise SignatureError with the reason."""
-        signed_url = args.get("redirect_url")
+        outer = {name: _single(args, name) for name in (*REDIRECT_PARAMETERS, "redirect_url")}
+        signed_url = outer["redirect_url"]
         if not signed_url:
             raise SignatureError("missing", "the redirect carries no signature (redirect_url)")
         if " " in signed_url:
@@ -131,13 +136,10 @@ class RedirectVerifier:
                 "wrong_url",
                 f"the redirect was signed for another webhook ({_origin_and_path(signed_url)})",
             )
-        inner = {
-            unquote(name): unquote(value) for name, _, value in (item.partition("=") for item in kept)
-        }  # '+' is a plus here, never a space
-        verified = VerifiedRedirect(inner.get("check_id", ""), inner.get("code", ""))
-        if (verified.check_id, verified.code) != (args.get("check_id"), args.get("code")):
+        inner = _signed_parameters(kept)
+        if any(inner.get(name) != outer[name] for name in REDIRECT_PARAMETERS):
             raise SignatureError("mismatch", "check_id or code differ from what the API signed")
-        return verified
+        return VerifiedRedirect(inner["check_id"], inner.get("code"), inner.get("error"))
 
     def _check_date(self, date: str) -> None:
         try:
@@ -153,6 +155,27 @@ class RedirectVerifier:
 def _origin_and_path(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme.lower()}://{parts.netloc.lower()}{parts.path or '/'}"
+
+
+def _single(args, name: str) -> str | None:
+    """The one value of a query parameter; two of them are refused (which one would count?)."""
+    values = args.getlist(name) if hasattr(args, "getlist") else [args[name]] if name in args else []
+    if len(values) > 1:
+        raise SignatureError("duplicate", f"the redirect carries {name} more than once")
+    return values[0] if values else None
+
+
+def _signed_parameters(kept: list[str]) -> dict[str, str]:
+    """check_id and code (or error) from the signed URL: each exactly once."""
+    inner: dict[str, str] = {}
+    for name, _, value in (item.partition("=") for item in kept):
+        name, value = unquote(name), unquote(value)  # '+' is a plus here, never a space
+        if name in inner:
+            raise SignatureError("duplicate", f"the signed redirect carries {name} more than once")
+        inner[name] = value
+    if not inner.get("check_id") or bool(inner.get("code")) == bool(inner.get("error")):
+        raise SignatureError("malformed", "the signed redirect needs check_id and a code or an error")
+    return inner
 
 
 def _split_query(query: str) -> tuple[list[str], dict[str, str]]:

@@ -2,16 +2,33 @@
 
 import hmac
 import logging
+import secrets
 
-from flask import Blueprint, current_app, render_template, request
+from flask import Blueprint, current_app, make_response, render_template, request
 
+from . import reasons
 from .audit import clean
-from .broker import Broker, Login, Reasons
+from .logins import Login, Verdict, deny, device_hash
 from .phonecheck import PhoneCheckError
-from .signature import SignatureError
+from .signature import REDIRECT_PARAMETERS, SignatureError, VerifiedRedirect
 
 log = logging.getLogger("ssh-auth.webhook")
 bp = Blueprint("webhook", __name__)
+
+# The browser that first opens a confirmation page gets this cookie; only it may answer the page
+# (a second viewer of the same URL, e.g. someone shoulder-surfing a shared link, cannot).
+DEVICE_COOKIE = "ssh_auth_device"
+FORM_FIELDS = ("check_id", "token", "action", "pick")
+ENDED = (
+    "This login has ended",
+    "It was already approved or denied, it expired, or the SSH client left.",
+)
+# What the phone's page says for each network error: fixed text, never the network's own words.
+NETWORK_PAGES = {
+    "not_mobile_ip": "The phone was not on mobile data.",
+    "ip_msisdn_mismatch": "This phone's mobile data is not the registered number's SIM.",
+    "mno_not_supported": "The registered number's mobile network does not support this check.",
+}
 
 
 def _ctx():
@@ -22,6 +39,10 @@ def _page(title: str, message: str, status: int, ok: bool = False, advice: str =
     return render_template("result.html", title=title, message=message, advice=advice, ok=ok), status
 
 
+def _plain(text: str, status: int):
+    return text + "\n", status, {"Content-Type": "text/plain; charset=utf-8"}
+
+
 @bp.get("/healthz")
 def healthz():
     return {"ok": True}
@@ -29,26 +50,29 @@ def healthz():
 
 @bp.get("/complete-check")
 def phone_arrives():
-    """The phone's final redirect from the mobile network."""
+    """The phone's final redirect from the mobile network: a code, or the network's error."""
     ctx, args = _ctx(), request.args
-    if args.get("error"):
-        return _network_failed(ctx.broker, args)
-    if not args.get("check_id") or not args.get("code"):
-        return "missing check_id or code\n", 400, {"Content-Type": "text/plain; charset=utf-8"}
-    check_id, code = args["check_id"], args["code"]
+    duplicated = [n for n in (*REDIRECT_PARAMETERS, "redirect_url") if len(args.getlist(n)) > 1]
+    if duplicated:
+        return _plain(f"{duplicated[0]} given more than once", 400)
+    if not args.get("check_id") or not (args.get("code") or args.get("error")):
+        return _plain("missing check_id or code", 400)
     if ctx.settings.require_signature or "redirect_url" in args:
         try:
-            verified = ctx.verifier.verify(args)
+            redirect = ctx.verifier.verify(args)
         except SignatureError as error:
-            log.warning("refused a redirect for %s: %s", clean(check_id)[:64], error)
+            log.warning("refused a redirect for %s: %s", clean(args["check_id"])[:64], error)
             return _page(
                 "This link could not be verified",
                 f"The sign-in link was refused: {error}.",
                 403,
                 advice="Scan the QR code in your terminal again.",
             )
-        check_id, code = verified.check_id, verified.code
-    login = ctx.broker.pending(check_id)
+    else:
+        redirect = VerifiedRedirect(args["check_id"], args.get("code"), args.get("error"))
+    login = ctx.logins.pending(redirect.check_id)
+    if redirect.error:
+        return _network_failed(ctx, login, redirect.error)
     if login is None:  # never created here, or already finished: no API call for it
         return _page(
             "This login has ended",
@@ -56,25 +80,49 @@ def phone_arrives():
             404,
             advice="If you are still logging in, scan the newest QR code.",
         )
-    login.code = code
+    if login.code is None:
+        login.code = redirect.code
     if not ctx.settings.confirm_on_phone:
         return _complete(ctx, login)
-    return render_template(
-        "confirm.html", login=login, host=ctx.broker.hostname, number_match=ctx.settings.number_match
+    device = request.cookies.get(DEVICE_COOKIE) or secrets.token_urlsafe(32)
+    if not ctx.logins.bind_device(login, device):
+        log.warning("check %s was opened on a second device", login.check_id)
+        return _page(
+            "Opened on another device",
+            "This sign-in was already opened on another device; only that one can answer it.",
+            403,
+            advice="If that was not you, do not approve anything and tell your administrator.",
+        )
+    page = make_response(
+        render_template(
+            "confirm.html", login=login, host=ctx.hostname, number_match=ctx.settings.number_match
+        )
     )
+    page.set_cookie(
+        DEVICE_COOKIE,
+        device,
+        path="/complete-check",
+        httponly=True,
+        samesite="Lax",
+        secure=(ctx.settings.public_url or "").startswith("https://"),
+    )
+    return page
 
 
 @bp.post("/complete-check")
 def person_answers():
-    """Approve (or pick a number) or Deny, with the page's one-time token."""
+    """Approve (or pick a number) or Deny, from the device that opened the page, with its token."""
     ctx, form = _ctx(), request.form
-    login = ctx.broker.pending(form.get("check_id", ""))
+    if any(len(form.getlist(name)) > 1 for name in FORM_FIELDS):
+        return _plain("a field was given more than once", 400)
+    login = ctx.logins.pending(form.get("check_id", ""))
     if login is None:
-        return _page("Already used", "This login was already approved, denied or has ended.", 409)
-    if login.code is None or not hmac.compare_digest(
-        form.get("token", "").encode(), login.page_token.encode()
-    ):
-        log.warning("refused a POST for %s without the page's token", login.check_id)
+        return _page(*ENDED, 409)
+    cookie = request.cookies.get(DEVICE_COOKIE, "")
+    same_device = login.device is not None and hmac.compare_digest(login.device, device_hash(cookie))
+    token_ok = hmac.compare_digest(form.get("token", "").encode(), login.page_token.encode())
+    if login.code is None or not (same_device and token_ok):
+        log.warning("refused a POST for %s without the page's token and device", login.check_id)
         return _page(
             "Not accepted",
             "This confirmation is not valid for this login.",
@@ -83,20 +131,16 @@ def person_answers():
         )
     if form.get("action") == "deny":
         return _finish_without_patch(
-            ctx.broker,
-            login,
-            Reasons.DENIED_ON_PHONE,
-            "Login denied",
-            "Nobody gets in with this sign-in.",
+            ctx, login, reasons.DENIED_ON_PHONE, "Login denied", "Nobody gets in with this sign-in."
         )
     if ctx.settings.number_match:
         if form.get("pick") is None:
             return _page("Pick a number", "Pick the number shown in your terminal.", 400)
         if not hmac.compare_digest(form["pick"].encode(), (login.number or "").encode()):
             return _finish_without_patch(
-                ctx.broker,
+                ctx,
                 login,
-                Reasons.WRONG_PICK,
+                reasons.WRONG_PICK,
                 "Wrong number",
                 "That is not the number in the terminal: the login was denied.",
             )
@@ -107,18 +151,14 @@ def person_answers():
 
 def _complete(ctx, login: Login):
     """Claim the check (only once), PATCH the code, and hand the verdict to the login at once."""
-    if ctx.broker.claim(login.check_id) is None:
-        return _page("Already used", "This login was already approved, denied or has ended.", 409)
+    if ctx.logins.claim(login.check_id) is None:
+        return _page(*ENDED, 409)
     try:
         check = ctx.client.patch_check(login.check_id, login.code)
     except PhoneCheckError as error:
         log.error("PATCH of %s failed: %s", login.check_id, error)
-        ctx.broker.finish(
-            login.check_id,
-            False,
-            "error",
-            Reasons.PATCH_FAILED.format(detail=error.status or "no answer"),
-        )
+        detail = error.status or "no answer"
+        ctx.logins.finish(login.check_id, deny(reasons.PATCH_FAILED.format(detail=detail), "error"))
         return _page(
             "Could not complete",
             "The phone check could not be completed.",
@@ -126,15 +166,16 @@ def _complete(ctx, login: Login):
             advice="Try logging in again.",
         )
     if check.check_id == login.check_id and check.status == "COMPLETED" and check.match is True:
-        ctx.broker.finish(login.check_id, True, "allowed", Reasons.APPROVED)
+        if not ctx.logins.finish(login.check_id, Verdict(True, "allowed", reasons.APPROVED)):
+            return _page(*ENDED, 409)  # the SSH client left while the API answered
         return _page(
             "Approved",
-            f"{login.user} is signing in to {ctx.broker.hostname}.",
+            f"{login.user} is signing in to {ctx.hostname}.",
             200,
             ok=True,
             advice="You can close this page.",
         )
-    ctx.broker.finish(login.check_id, False, "denied", Reasons.NO_MATCH)
+    ctx.logins.finish(login.check_id, deny(reasons.NO_MATCH))
     return _page(
         "No match",
         "This phone's SIM is not the number registered for this login.",
@@ -143,22 +184,21 @@ def _complete(ctx, login: Login):
     )
 
 
-def _finish_without_patch(broker: Broker, login: Login, reason: str, title: str, message: str):
-    if broker.claim(login.check_id) is None:
-        return _page("Already used", "This login was already approved, denied or has ended.", 409)
-    broker.finish(login.check_id, False, "denied", reason)
+def _finish_without_patch(ctx, login: Login, reason: str, title: str, message: str):
+    if ctx.logins.claim(login.check_id) is None:
+        return _page(*ENDED, 409)
+    ctx.logins.finish(login.check_id, deny(reason))
     return _page(title, message, 200)
 
 
-def _network_failed(broker: Broker, args):
-    """The network's failure redirect ends the waiting login with its reason."""
-    detail = clean(args.get("error_description") or args["error"])[:200]
-    login = broker.pending(args.get("check_id", ""))
-    if login and broker.claim(login.check_id):
-        broker.finish(login.check_id, False, "denied", Reasons.NETWORK.format(detail=detail))
+def _network_failed(ctx, login: Login | None, code: str):
+    """The network's failure redirect ends the waiting login with the fixed line for its code."""
+    log.info("network error %s for check %s", clean(code)[:64], login.check_id if login else "-")
+    if login and ctx.logins.claim(login.check_id):
+        ctx.logins.finish(login.check_id, deny(reasons.network_error(code)))
     return _page(
         "The network could not confirm your SIM",
-        detail + ".",
+        NETWORK_PAGES.get(code, "The mobile network could not confirm this phone's SIM."),
         200,
         advice="Turn off Wi-Fi so the phone uses mobile data, then scan again.",
     )

@@ -1,0 +1,112 @@
+"""Logins waiting for their phone, and the handoff of a verdict from the webhook to the broker."""
+
+import hashlib
+import hmac
+import os
+import secrets
+import threading
+from dataclasses import dataclass, field
+
+OUTCOMES = frozenset({"allowed", "denied", "exempt", "reused", "failsafe", "error"})
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What was decided for one login, as the user is told and the audit records it."""
+
+    allow: bool
+    outcome: str
+    reason: str
+
+    def __post_init__(self):
+        assert self.outcome in OUTCOMES, self.outcome
+        # SECURITY: only these outcomes may ever open a login.
+        assert not self.allow or self.outcome in ("allowed", "exempt", "reused", "failsafe")
+
+
+def deny(reason: str, outcome: str = "denied") -> Verdict:
+    """A verdict that keeps the login out."""
+    return Verdict(False, outcome, reason)
+
+
+@dataclass
+class Login:
+    """One login waiting for its phone; the webhook finds it by check_id."""
+
+    check_id: str
+    user: str
+    client: str
+    command: str | None
+    number: str | None
+    choices: list[str]
+    created: float
+    deadline: float
+    page_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    device: bytes | None = None  # hash of the cookie of the first browser that opened the page
+    code: str | None = None
+    claimed: bool = False
+    verdict: Verdict | None = None
+    wake: tuple[int, int] = field(default_factory=os.pipe)
+
+
+def device_hash(cookie: str) -> bytes:
+    """What is kept of a browser's device cookie (the cookie itself is the secret)."""
+    return hashlib.sha256(cookie.encode()).digest()
+
+
+class PendingLogins:
+    """Every login waiting for a verdict, shared by the broker (waits) and the webhook (decides)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._logins: dict[str, Login] = {}
+
+    def add(self, login: Login) -> None:
+        """Make a login findable by the webhook."""
+        with self._lock:
+            self._logins[login.check_id] = login
+
+    def drop(self, check_id: str) -> None:
+        """Forget a login whose wait is over; its wake-up pipe is closed."""
+        with self._lock:
+            login = self._logins.pop(check_id, None)
+            if login is not None:
+                for fd in login.wake:
+                    os.close(fd)
+
+    def pending(self, check_id: str) -> Login | None:
+        """The waiting login for a check this service created, if it is still waiting."""
+        with self._lock:
+            login = self._logins.get(check_id)
+            return login if login and login.verdict is None else None
+
+    def bind_device(self, login: Login, cookie: str) -> bool:
+        """Bind the confirmation to the first browser that opens it; False for any other one."""
+        wanted = device_hash(cookie)
+        with self._lock:
+            if login.device is None:
+                login.device = wanted
+            return hmac.compare_digest(login.device, wanted)
+
+    def claim(self, check_id: str) -> Login | None:
+        """Take a pending login for completion; only the first caller ever gets it."""
+        with self._lock:
+            login = self._logins.get(check_id)
+            if login is None or login.verdict is not None or login.claimed:
+                return None
+            login.claimed = True
+            return login
+
+    def finish(self, check_id: str, verdict: Verdict) -> bool:
+        """Hand a verdict to the waiting login at once; False if it already had one or is gone."""
+        with self._lock:
+            login = self._logins.get(check_id)
+            if login is None or login.verdict is not None:
+                return False
+            login.verdict = verdict
+            os.write(login.wake[1], b"!")  # under the lock: drop() closes the pipe under it too
+        return True
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._logins)

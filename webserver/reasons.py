@@ -1,0 +1,62 @@
+"""Every line a user can be shown, in one place: the terminal's verdicts and the network's errors."""
+
+APPROVED = "approved on your phone."
+EXEMPT = "this account is exempt from the phone check."
+ALLOW_ONCE = "an administrator exempted this account from the phone check until {until}."
+UNREGISTERED_ALLOWED = "no phone is registered for this account; let in by policy."
+REUSED = "approved earlier on this SSH connection."
+FAILSAFE = "the phone check service is unreachable; let in by failmode = safe."
+NO_MATCH = "No match: the phone that answered is not using the registered SIM. Access denied."
+EXPIRED = "the phone check expired before it was completed. Access denied."
+DENIED_ON_PHONE = "the login was denied on the phone. Access denied."
+WRONG_PICK = "the wrong number was picked on the phone. Access denied."
+ABANDONED = "the login was abandoned (the SSH session went away)."
+SFTP_NEEDS_MASTER = (
+    "sftp and scp (in SFTP mode) cannot show the phone check: sshd discards their messages. "
+    "Approve an ssh ControlMaster connection first and run them over it, or use scp -O. "
+    "Access denied."
+)
+UNREGISTERED = "no phone is registered for this account; ask your administrator. Access denied."
+BAD_REGISTRATION = (
+    "the phone number registered for this account is not valid; ask your administrator. Access denied."
+)
+NO_REGISTRY = "the ssh-auth service cannot read its user registry. Access denied."
+API_DOWN = "the phone check service cannot be reached right now. Access denied."
+API_REFUSED = "the phone check could not be started ({detail}). Access denied."
+API_BUSY = "the phone check service is busy; try again in {seconds} s. Access denied."
+PATCH_FAILED = "the phone check could not be completed ({detail}). Access denied."
+COMPLETED_ELSEWHERE = "the phone check was completed outside this service. Access denied."
+MALFORMED = "the login request was malformed. Access denied."
+NOT_SSH = "this request does not come from an SSH login. Access denied."
+ADDRESS_CHANGED = "the client address does not match this SSH connection. Access denied."
+UNKNOWN_UID = "this account is not in the password database. Access denied."
+TOO_MANY_WAITING = "too many logins are waiting at once. Access denied."
+TOO_MANY_ATTEMPTS = "too many attempts; try again in {seconds} s. Access denied."
+TOO_MANY_CHECKS = "too many phone checks are being started; try again in {seconds} s. Access denied."
+NO_PUBLIC_URL = "the ssh-auth service has no public URL for the phone. Access denied."
+INTERNAL = "internal error in the ssh-auth service. Access denied."
+
+# The mobile network's error codes, each with a fixed line: the network's own free text is never
+# shown (a forged redirect could otherwise write into the victim's terminal).
+NETWORK_ERRORS = {
+    "not_mobile_ip": (
+        "the phone was not on mobile data. Turn off Wi-Fi on the phone and try again. Access denied."
+    ),
+    "ip_msisdn_mismatch": (
+        "the phone's mobile data is not the registered number's SIM. Use the phone with the "
+        "registered SIM, with Wi-Fi off. Access denied."
+    ),
+    "mno_not_supported": (
+        "the mobile network of the registered number does not support SIM checks; ask your "
+        "administrator. Access denied."
+    ),
+}
+NETWORK_OTHER = (
+    "the mobile network could not confirm the SIM. Turn off Wi-Fi on the phone and try again. "
+    "Access denied."
+)
+
+
+def network_error(code: str | None) -> str:
+    """The fixed line for a mobile network error code (unknown codes share one line)."""
+    return NETWORK_ERRORS.get(code or "", NETWORK_OTHER)
