@@ -1,14 +1,18 @@
 """Administration against a temporary root: install, uninstall, migration, users, real sshd -t/-T."""
 
+import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -21,7 +25,16 @@ from .processes import ServerProcess, free_port
 from .test_matrix import _through
 
 SHADOW_TOOLS_LEFTOVERS = {"etc/passwd-", "etc/group-", "etc/shadow-", "etc/gshadow-", "etc/.pwd.lock"}
+ACCOUNTS = ("etc/passwd", "etc/group", "etc/shadow", "etc/gshadow")
 TUTORIAL_FORCE = "ForceCommand /usr/local/bin/tru-id-ssh-auth/ssh-auth create-check\n"
+FORCED = (
+    "/usr/bin/python3 -I /usr/local/lib/ssh-auth/shim.pyz create-check "
+    "--socket /run/ssh-auth/ssh-auth.sock"
+)
+BYPASS_ADVICE = (
+    " (sshd takes a keyword's first value, and a Match block's over the global one; "
+    "change your sshd configuration and install again)\n"
+)
 
 
 def ssh_auth(*argv, check=False):
@@ -66,6 +79,62 @@ def snapshot(root: Path) -> dict[str, str]:
         ):
             files[relative] = hashlib.sha256(path.read_bytes()).hexdigest()
     return files
+
+
+def accounts_aside(root: Path, files: dict[str, str]) -> dict[str, str]:
+    """A snapshot without the account files (a refused install may have made the service user)."""
+    return {k: v for k, v in files.items() if k not in ACCOUNTS}
+
+
+def sshd_T(root: Path, spec: str) -> dict[str, str]:
+    """sshd's own effective settings for a login (`sshd -T -C`), Include paths under the root."""
+    text = (root / "etc/ssh/sshd_config").read_text()
+    text = re.sub(r"(?im)^(\s*Include\s+)/", lambda m: m.group(1) + f"{root}/", text)
+    with tempfile.NamedTemporaryFile("w", prefix="sa-sshd-", suffix=".conf") as config:
+        config.write(text)
+        config.flush()
+        result = run("/usr/sbin/sshd", "-T", "-f", config.name, "-C", spec)
+    settings: dict[str, str] = {}
+    for line in result.stdout.splitlines():
+        key, _, value = line.partition(" ")
+        settings[key] = f"{settings[key]} {value}" if key in settings else value
+    return settings
+
+
+def changed(before: dict[str, str], after: dict[str, str]) -> dict[str, tuple]:
+    """Every setting whose effective value differs: key -> (before, after)."""
+    keys = sorted(set(before) | set(after))
+    return {k: (before.get(k), after.get(k)) for k in keys if before.get(k) != after.get(k)}
+
+
+def ownership(path: Path) -> tuple[int, int, int]:
+    """(mode, uid, gid) of a file."""
+    info = path.stat()
+    return info.st_mode & 0o7777, info.st_uid, info.st_gid
+
+
+def service_ids(root: Path) -> tuple[int, int]:
+    """The uid and gid of the service user in the root's passwd."""
+    passwd = (root / "etc/passwd").read_text()
+    line = next(line for line in passwd.splitlines() if line.startswith("ssh-auth:"))
+    return int(line.split(":")[2]), int(line.split(":")[3])
+
+
+@pytest.fixture
+def default_host_keys():
+    """sshd's default host keys (an sshd_config without HostKey uses them); made if missing."""
+    made = [
+        f"/etc/ssh/ssh_host_{kind}_key"
+        for kind in ("rsa", "ecdsa", "ed25519")
+        if not os.path.exists(f"/etc/ssh/ssh_host_{kind}_key")
+    ]
+    if made:
+        run("ssh-keygen", "-A")
+    yield
+    for key in made:
+        for path in (key, key + ".pub"):
+            if os.path.exists(path):
+                os.unlink(path)
 
 
 def install(root, credentials, config, *extra):
@@ -198,13 +267,12 @@ def test_a_forcecommand_that_would_win_rolls_everything_back(target):
     before = snapshot(root)
     result = install(root, credentials, config)
     assert result.returncode == 1
-    assert "sshd would not run the phone check (ForceCommand is '/bin/other'" in result.stderr
+    assert result.stderr == (
+        "ssh-auth: refusing to install: a login as nobody from 192.0.2.10 would bypass the phone "
+        "check: ForceCommand is '/bin/other'" + BYPASS_ADVICE
+    )
     assert "restored every file to what it was before" in result.stdout
-    assert snapshot(root) == before | {
-        k: v
-        for k, v in snapshot(root).items()
-        if k in ("etc/passwd", "etc/group", "etc/shadow", "etc/gshadow")
-    }
+    assert accounts_aside(root, snapshot(root)) == accounts_aside(root, before)
 
 
 def test_the_lockout_is_refused_unless_forced(target):
@@ -246,47 +314,40 @@ def test_tutorial_install_is_migrated_and_uninstall_clears_its_leftovers(target)
     assert (tutorial / "tru.json").read_text() == credentials.read_text()  # given back
 
 
-def test_the_installed_drop_in_gates_logins_and_refuses_forwarding(target, tmp_path):
-    root, credentials, config = target
-    assert install(root, credentials, config, "--exempt-network", "127.0.0.2/32").returncode == 0
-    ensure_user("sa-alice", client_key().with_suffix(".pub").read_text())
+@contextmanager
+def installed_sshd(root: Path, tmp_path: Path):
+    """A real sshd on the root's installed sshd_config: yields its port, ssh argv, ssh(), log()."""
     tested = tmp_path / "sshd_config"  # the installed config, its Include pointed into the root
     tested.write_text(
         (root / "etc/ssh/sshd_config").read_text().replace("Include /etc/", f"Include {root}/etc/")
     )
     port = free_port()
     os.makedirs("/run/sshd", exist_ok=True)
-    argv = [
-        "/usr/sbin/sshd",
-        "-D",
-        "-e",
-        "-f",
-        str(tested),
-        "-o",
+    argv = ["/usr/sbin/sshd", "-D", "-e", "-f", str(tested)]
+    for option in (
         f"Port={port}",
-        "-o",
         "ListenAddress=127.0.0.1",
-        "-o",
         f"PidFile={tmp_path}/sshd.pid",
-        "-o",
         "LogLevel=VERBOSE",
-    ]
+    ):
+        argv += ["-o", option]
     base = ["ssh", "-p", str(port), *ssh_client_options(client_key())]
 
-    def ssh(*args, **kwargs):
+    def ssh(*args):
         return subprocess.run(
-            [*base, *args],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            stdin=subprocess.DEVNULL,
-            **kwargs,
+            [*base, *args], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL
         )
 
-    def listening(_):
-        return ssh_keyscan(port)
+    with ServerProcess(argv, tmp_path / "sshd.log", ready=lambda _: ssh_keyscan(port)) as sshd:
+        yield SimpleNamespace(port=port, base=base, ssh=ssh, log=sshd.log_text)
 
-    with ServerProcess(argv, tmp_path / "sshd.log", ready=listening) as sshd:
+
+def test_the_installed_drop_in_gates_logins_and_refuses_forwarding(target, tmp_path):
+    root, credentials, config = target
+    assert install(root, credentials, config, "--exempt-network", "127.0.0.2/32").returncode == 0
+    ensure_user("sa-alice", client_key().with_suffix(".pub").read_text())
+    with installed_sshd(root, tmp_path) as server:
+        port, base, ssh = server.port, server.base, server.ssh
         gated = ssh("sa-alice@127.0.0.1", "echo ran")
         exempt = ssh("-o", "BindAddress=127.0.0.2", "sa-alice@127.0.0.1", "echo ran")
         stdio = ssh("-W", "127.0.0.1:22", "sa-alice@127.0.0.1")
@@ -312,7 +373,7 @@ def test_the_installed_drop_in_gates_logins_and_refuses_forwarding(target, tmp_p
             probes[flag] = _through(local, socks if flag == "-D" else b"SSH-2.0-probe\r\n")
             client.kill()
             client.wait()
-        log = sshd.log_text()
+        log = server.log()
     assert gated.stdout == "" and gated.returncode != 0
     assert (
         "forced-command (config) '/usr/bin/python3 -I /usr/local/lib/ssh-auth/shim.pyz create-check"
@@ -321,6 +382,335 @@ def test_the_installed_drop_in_gates_logins_and_refuses_forwarding(target, tmp_p
     assert stdio.returncode != 0 and "stdio forwarding failed" in stdio.stderr
     assert remote.returncode != 0 and "forwarding failed" in remote.stderr
     assert all(result.startswith("refused") for result in probes.values()), probes
+
+
+# --- the effective configuration, proven (issue 11, items 2 and 3) -----------------------------
+
+# The review's sshd_config: no Include of sshd_config.d, no HostKey (sshd's default keys).
+NO_INCLUDE = "PasswordAuthentication no\nPermitRootLogin no\nAllowUsers {allowed}\n"
+MATCH_BLOCK_AT_THE_END = (
+    "# BEGIN ssh-auth Match blocks (written by `ssh-auth install`, last: a Match runs to the "
+    "end of the file)\n"
+    "\n"
+    "# Logins from these networks skip the phone check (decided by sshd, not by what a client "
+    "says).\n"
+    "Match Address 10.0.0.0/8\n"
+    "    ForceCommand none\n"
+    "# END ssh-auth\n"
+)
+
+
+def test_an_exempt_network_without_an_include_swallows_none_of_the_admins_settings(
+    target, default_host_keys
+):
+    root, credentials, config = target
+    sshd_config = root / "etc/ssh/sshd_config"
+    sshd_config.write_text(NO_INCLUDE.format(allowed="admin"))
+    before = snapshot(root)
+    logins = {
+        "gated": "user=nobody,host=client.example,addr=192.0.2.10",
+        "exempt": "user=nobody,host=client.example,addr=10.1.2.3",
+    }
+    admins = {name: sshd_T(root, spec) for name, spec in logins.items()}
+    result = install(root, credentials, config, "--exempt-network", "10.0.0.0/8")
+    assert result.returncode == 0, result.stderr
+    ours = {
+        "disableforwarding": ("no", "yes"),
+        "permituserrc": ("yes", "no"),
+    }  # (PermitTunnel and PermitUserEnvironment are off by default)
+    assert changed(admins["gated"], sshd_T(root, logins["gated"])) == ours | {
+        "forcecommand": ("none", FORCED)
+    }
+    assert changed(admins["exempt"], sshd_T(root, logins["exempt"])) == ours
+    text = sshd_config.read_text()
+    assert text.startswith("# BEGIN ssh-auth (written by `ssh-auth install`")
+    assert text.endswith("AllowUsers admin\n" + MATCH_BLOCK_AT_THE_END)
+    assert ssh_auth("uninstall", "--root", str(root)).returncode == 0
+    assert snapshot(root) == before
+
+
+def test_without_an_include_logins_from_other_addresses_still_meet_allowusers(
+    target, tmp_path, default_host_keys, matrix
+):
+    root, credentials, config = target
+    (root / "etc/ssh/sshd_config").write_text(NO_INCLUDE.format(allowed="sa-bob"))
+    assert install(root, credentials, config, "--exempt-network", "127.0.0.2/32").returncode == 0
+    for user in ("sa-alice", "sa-bob"):
+        ensure_user(user, client_key().with_suffix(".pub").read_text())
+    with installed_sshd(root, tmp_path) as server:
+        not_listed = server.ssh("sa-alice@127.0.0.1", "echo ran")
+        gated = server.ssh("sa-bob@127.0.0.1", "echo ran")
+        exempt = server.ssh("-o", "BindAddress=127.0.0.2", "sa-bob@127.0.0.1", "echo ran")
+        log = server.log()
+    denied = "sa-alice@127.0.0.1: Permission denied (publickey,keyboard-interactive)."
+    matrix(
+        "install --exempt-network, no Include: a user AllowUsers leaves out, from elsewhere",
+        denied,
+        not_listed.stderr.strip(),
+    )
+    assert (not_listed.returncode, not_listed.stdout, not_listed.stderr) == (255, "", denied + "\n")
+    assert "User sa-alice from 127.0.0.1 not allowed because not listed in AllowUsers" in log
+    assert gated.stdout == "" and gated.returncode != 0
+    assert "forced-command (config) '/usr/bin/python3 -I /usr/local/lib/ssh-auth/shim.pyz" in log
+    assert (exempt.returncode, exempt.stdout) == (0, "ran\n")
+
+
+NO_PROBE_LEFT = (
+    "ssh-auth: refusing to install: the exempt networks ({}) leave no address to prove the phone "
+    "check from (tried 192.0.2.10, 198.51.100.10, 203.0.113.10, 2001:db8::10)\n"
+)
+
+
+@pytest.mark.parametrize(
+    "networks, status, stderr, gated",
+    [
+        (["192.0.2.0/24"], 0, "", "198.51.100.10"),
+        (["0.0.0.0/0"], 0, "", "2001:db8::10"),
+        (["0.0.0.0/0", "::/0"], 1, NO_PROBE_LEFT.format("0.0.0.0/0, ::/0"), None),
+    ],
+    ids=["probe network exempt", "all of IPv4 exempt", "every address exempt"],
+)
+def test_install_proves_the_check_from_an_address_outside_every_exempt_network(
+    target, networks, status, stderr, gated
+):
+    root, credentials, config = target
+    before = snapshot(root)
+    exempt = [arg for network in networks for arg in ("--exempt-network", network)]
+    result = install(root, credentials, config, *exempt)
+    assert (result.returncode, result.stderr) == (status, stderr)
+    if gated:
+        spec = f"user=nobody,host=client.example,addr={gated}"
+        assert sshd_T(root, spec)["forcecommand"] == FORCED
+    else:
+        assert accounts_aside(root, snapshot(root)) == accounts_aside(root, before)
+
+
+BYPASSES = [
+    (
+        "Match User backup with its own ForceCommand, even with --force",
+        lambda root: append(
+            root / "etc/ssh/sshd_config", "Match User backup\n    ForceCommand internal-sftp\n"
+        ),
+        ("--force",),
+        "Match User backup (/etc/ssh/sshd_config line 6) would bypass the phone check: "
+        "ForceCommand is 'internal-sftp'",
+    ),
+    (
+        "Include after three settings (sshd takes the first value)",
+        lambda root: prepend(
+            root / "etc/ssh/sshd_config",
+            "PermitUserEnvironment yes\nPermitTunnel yes\nPermitUserRC yes\n",
+        ),
+        (),
+        "a login as nobody from 192.0.2.10 would bypass the phone check: PermitTunnel is yes, "
+        "PermitUserRC is yes, PermitUserEnvironment is yes",
+    ),
+    (
+        "Match Address with forwarding",
+        lambda root: append(
+            root / "etc/ssh/sshd_config", "Match Address 203.0.113.0/24\n    DisableForwarding no\n"
+        ),
+        (),
+        "Match Address 203.0.113.0/24 (/etc/ssh/sshd_config line 6) would bypass the phone "
+        "check: DisableForwarding is no",
+    ),
+    (
+        "Match Host with user rc",
+        lambda root: append(
+            root / "etc/ssh/sshd_config", "Match Host *.corp.example\n    PermitUserRC yes\n"
+        ),
+        (),
+        "Match Host *.corp.example (/etc/ssh/sshd_config line 6) would bypass the phone check: "
+        "PermitUserRC is yes",
+    ),
+    (
+        "Match LocalPort with a shell",
+        lambda root: append(
+            root / "etc/ssh/sshd_config", "Match LocalPort 2222\n    ForceCommand /bin/sh\n"
+        ),
+        (),
+        "Match LocalPort 2222 (/etc/ssh/sshd_config line 6) would bypass the phone check: "
+        "ForceCommand is '/bin/sh'",
+    ),
+    (
+        "Match in another drop-in",
+        lambda root: (root / "etc/ssh/sshd_config.d/10-backup.conf").write_text(
+            "Match User backup\n    PermitTunnel yes\n"
+        ),
+        (),
+        "Match User backup (/etc/ssh/sshd_config.d/10-backup.conf line 1) would bypass the phone "
+        "check: PermitTunnel is yes",
+    ),
+]
+
+
+def append(path: Path, text: str) -> None:
+    path.write_text(path.read_text() + text)
+
+
+def prepend(path: Path, text: str) -> None:
+    path.write_text(text + path.read_text())
+
+
+@pytest.mark.parametrize("case, breaks, extra, refusal", BYPASSES, ids=[row[0] for row in BYPASSES])
+def test_an_admin_setting_that_bypasses_the_check_refuses_the_install(
+    target, matrix, case, breaks, extra, refusal
+):
+    root, credentials, config = target
+    breaks(root)
+    before = snapshot(root)
+    result = install(root, credentials, config, *extra)
+    expected = "ssh-auth: refusing to install: " + refusal + BYPASS_ADVICE
+    matrix(f"install over {case}", expected.strip(), result.stderr.strip())
+    assert (result.returncode, result.stderr) == (1, expected)
+    assert "restored every file to what it was before" in result.stdout
+    assert accounts_aside(root, snapshot(root)) == accounts_aside(root, before)
+
+
+def test_a_match_group_is_proven_with_a_member_of_that_group(target):
+    root, credentials, config = target
+    group, member = f"sa-sftp{os.getpid() % 10000}", f"sa-sftpu{os.getpid() % 10000}"
+    run("groupadd", group)
+    try:
+        run("useradd", "--no-create-home", "--no-user-group", "--groups", group, member)
+        for name in ("passwd", "group"):  # the root's account files as the host now has them
+            shutil.copy2(f"/etc/{name}", root / "etc" / name)
+        append(root / "etc/ssh/sshd_config", f"Match Group {group}\n    PermitTunnel yes\n")
+        result = install(root, credentials, config)
+    finally:
+        subprocess.run(["userdel", member], capture_output=True)
+        subprocess.run(["groupdel", group], capture_output=True)
+    assert (result.returncode, result.stderr) == (
+        1,
+        f"ssh-auth: refusing to install: Match Group {group} (/etc/ssh/sshd_config line 6) "
+        "would bypass the phone check: PermitTunnel is yes" + BYPASS_ADVICE,
+    )
+
+
+def test_allow_forwarding_accepts_forwarding_in_a_match_block_and_nothing_else(target):
+    root, credentials, config = target
+    append(root / "etc/ssh/sshd_config", "Match Address 203.0.113.0/24\n    DisableForwarding no\n")
+    refused = install(root, credentials, config)
+    assert refused.returncode == 1 and "DisableForwarding is no" in refused.stderr
+    allowed = install(root, credentials, config, "--allow-forwarding")
+    assert allowed.returncode == 0, allowed.stderr
+
+
+# --- files given back exactly (items 12 and 13) -------------------------------------------------
+
+
+def test_uninstall_keeps_secrets_private_and_gives_back_each_files_mode_and_owner(target):
+    root, credentials, config = target
+    existing = root / "etc/ssh-auth/ssh-auth.conf"
+    existing.parent.mkdir(parents=True)
+    existing.write_text("# the admin's own\npublic_url = https://old.example.com\n")
+    os.chown(existing, 1, 4)  # daemon:adm, mode 0600: nothing install would choose
+    existing.chmod(0o600)
+    original = existing.read_bytes()
+    assert install(root, credentials, config).returncode == 0
+    uid, gid = service_ids(root)
+    result = ssh_auth("uninstall", "--root", str(root))
+    assert result.returncode == 0, result.stderr
+    (backup,) = (root / "var/backups").iterdir()
+    assert f"backup of the removed files: {backup}\n" in result.stdout
+    assert backup.stat().st_mode & 0o777 == 0o700
+    assert ownership(backup / "etc/ssh-auth/tru.json") == (0o600, uid, gid)
+    assert ownership(backup / "etc/ssh-auth/ssh-auth.conf") == (0o640, 0, gid)
+    assert existing.read_bytes() == original
+    assert ownership(existing) == (0o600, 1, 4)
+
+
+def test_uninstall_reads_an_old_manifest_and_never_widens_a_files_mode(target):
+    root, credentials, config = target
+    existing = root / "etc/ssh-auth/ssh-auth.conf"
+    existing.parent.mkdir(parents=True)
+    existing.write_text("public_url = https://old.example.com\n")
+    existing.chmod(0o600)
+    original = existing.read_bytes()
+    assert install(root, credentials, config).returncode == 0
+    _, gid = service_ids(root)
+    manifest = root / "var/lib/ssh-auth/install.json"
+    recorded = json.loads(manifest.read_text())
+    recorded["files"] = {  # as the first release wrote it: only the bytes
+        path: None if prior is None else prior if isinstance(prior, str) else prior["data"]
+        for path, prior in recorded["files"].items()
+    }
+    recorded["files"]["etc/ssh-auth/ssh-auth.conf"] = base64.b64encode(original).decode()
+    manifest.write_text(json.dumps(recorded))
+    result = ssh_auth("uninstall", "--root", str(root))
+    assert result.returncode == 0, result.stderr
+    assert existing.read_bytes() == original
+    assert ownership(existing) == (0o640, 0, gid)  # as install left it: no mode was recorded
+
+
+def test_a_failed_reinstall_restores_owner_group_and_mode_exactly(target, tmp_path):
+    root, credentials, config = target
+    assert install(root, credentials, config).returncode == 0
+    installed = {
+        path: ownership(root / path) for path in ("etc/ssh-auth/ssh-auth.conf", "etc/ssh-auth/tru.json")
+    }
+    contents = {path: (root / path).read_bytes() for path in installed}
+    config.write_text(config.read_text() + "ttl = 90\n")
+    other = tmp_path / "other-tru.json"
+    other.write_text(credentials.read_text().replace('"s"', '"s2"'))
+    other.chmod(0o600)
+    prepend(root / "etc/ssh/sshd_config", "ForceCommand /bin/other\n")
+    result = install(root, other, config)
+    assert result.returncode == 1
+    assert "restored every file to what it was before" in result.stdout
+    assert {path: ownership(root / path) for path in installed} == installed
+    assert {path: (root / path).read_bytes() for path in installed} == contents
+
+
+# --- the shim's interpreter and the unit (items 14 and 20) --------------------------------------
+
+PYTHON_38 = "#!/bin/sh\necho 'Python 3.8.10'\n"  # answers like Debian 10's or Ubuntu 20.04's
+
+
+def test_install_refuses_a_system_python_older_than_3_9(target):
+    root, credentials, config = target
+    stand_in = root / "usr/bin/python3"
+    stand_in.parent.mkdir(parents=True)
+    stand_in.write_text(PYTHON_38)
+    stand_in.chmod(0o755)
+    before = snapshot(root)
+    result = install(root, credentials, config)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        1,
+        "",
+        f"ssh-auth: {stand_in} is Python 3.8; the shim needs 3.9 or later "
+        "(Debian 11+, Ubuntu 22.04+, RHEL 9+)\n",
+    )
+    assert snapshot(root) == before
+
+
+HARDENING = (
+    "UMask=0077",
+    "ProtectHome=yes",
+    "SystemCallFilter=@system-service",
+    "RestrictSUIDSGID=yes",
+    "ProtectClock=yes",
+    "ProtectHostname=yes",
+    "ProtectKernelLogs=yes",
+)
+
+
+def test_the_installed_unit_is_hardened_and_systemd_analyze_verify_accepts_it(target, tmp_path):
+    root, credentials, config = target
+    assert install(root, credentials, config).returncode == 0
+    unit = root / "etc/systemd/system/ssh-auth.service"
+    lines = unit.read_text().splitlines()
+    assert [line for line in HARDENING if line not in lines] == []
+    assert [line for line in lines if line.startswith(("ProtectProc=", "ProcSubset="))] == []
+    assert "ProtectHome=read-only" not in lines
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    assert (verify.returncode, verify.stdout, verify.stderr) == (0, "", "")
+    broken = tmp_path / "ssh-auth.service"  # and the check would catch a broken unit
+    broken.write_text(unit.read_text().replace("ProtectHome=yes", "ProtectHome=sometimes"))
+    caught = subprocess.run(["systemd-analyze", "verify", str(broken)], capture_output=True, text=True)
+    assert "Failed to parse protect home value, ignoring: sometimes" in caught.stderr
 
 
 def ssh_keyscan(port: int) -> bool:
@@ -445,9 +835,10 @@ def test_register_user_verify_runs_a_real_check_first(verify_gate, sim, status, 
             "+44 7700 900132",
         ]
     )
-    page = PhoneHolder(sim).scan(session.check_url())
+    phone = PhoneHolder(sim)
+    page = phone.scan(session.check_url())
     assert "(register this phone for sa-carol)" in page.text
-    PhoneHolder(sim).phone.answer(page, "approve")
+    phone.phone.answer(page, "approve")
     code, out, err = session.finish(timeout=30)
     assert code == status, err
     assert ("user=sa-carol:447700900132" in verify_gate.config.read_text()) is saved

@@ -1,7 +1,9 @@
 """`ssh-auth doctor` against a running gate: all ✔ when healthy, then each check broken in turn."""
 
 import json
+import os
 import shutil
+import subprocess
 import threading
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -9,8 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from webserver.sshd_install import render_dropin
+
 from .processes import free_port
-from .test_admin import install, ssh_auth, target  # noqa: F401 - the temporary root fixture
+from .test_admin import (  # noqa: F401 - the temporary root and sshd's default host keys
+    default_host_keys,
+    install,
+    service_ids,
+    ssh_auth,
+    target,
+)
 
 
 @pytest.fixture
@@ -20,6 +30,8 @@ def setup(gate, target, tmp_path):  # noqa: F811
     config = tmp_path / "ssh-auth.conf"
     config.write_text(gate.config.read_text() + "user=root:447700900129\n")
     assert install(root, credentials, config).returncode == 0
+    os.chown(config, 0, service_ids(root)[1])  # root:ssh-auth 0640, as install writes it
+    config.chmod(0o640)
     return gate, root, config
 
 
@@ -52,9 +64,20 @@ def test_a_healthy_installation_is_all_ticks(setup):
         "✔ permituserrc no",
         "✔ permituserenvironment no",
         "registered user(s), all exist",
+        f"✔ /usr/bin/python3 is Python {PYTHON} (the shim needs 3.9 or later)",
+        "✔ sshd accepts no environment variables from the client beyond LANG, LC_*, COLORTERM "
+        "and NO_COLOR (AcceptEnv)",
+        f"✔ the configuration {config} is readable by the service and no one else (root:ssh-auth 0640)",
     ):
         assert line in out, out
     assert "⚠ sa-alice's .bashrc" in out and "run before the phone check" in out
+
+
+PYTHON = subprocess.run(
+    ["/usr/bin/python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+    capture_output=True,
+    text=True,
+).stdout.strip()
 
 
 class SkewedAPI(BaseHTTPRequestHandler):
@@ -103,6 +126,13 @@ BROKEN = [
         lambda g, r, c: c.write_text(c.read_text() + "colour = blue\n"),
         "✗ configuration:",
         "unknown setting 'colour' — fix: correct the line it names",
+    ),
+    (
+        "registry missing",
+        lambda g, r, c: c.unlink(),
+        "✗ configuration:",
+        "— fix: restore the file or run ssh-auth install: without its registry the service "
+        "denies every login",
     ),
     (
         "credentials readable by others",
@@ -178,3 +208,89 @@ def test_each_broken_check_says_what_to_fix(setup, case, breaks, line, fix):
     assert status == 1, out
     found = [text for text in out.splitlines() if text.startswith(line)]
     assert found and fix in found[0], out
+
+
+# --- the whole sshd configuration, the interpreter and the registry's access (issue 11) -------
+
+BYPASS_FIX = (
+    " — fix: change your sshd configuration (sshd takes a keyword's first value, and a Match "
+    "block's over the global one)"
+)
+
+
+def old_layout(gate, root, config):
+    """What the first release wrote without an Include: its Match block swallowing the rest."""
+    (root / "etc/ssh/sshd_config.d/ssh-auth.conf").unlink()
+    (root / "etc/ssh/sshd_config").write_text(  # no HostKey or UsePAM: not allowed in a Match
+        "# BEGIN ssh-auth (written by `ssh-auth install`; `ssh-auth uninstall` removes it)\n"
+        + render_dropin(socket=str(gate.socket), exempt_networks=("10.0.0.0/8",))
+        + "# END ssh-auth\n"
+        + "PasswordAuthentication no\nPermitRootLogin no\n"
+    )
+
+
+def old_python(gate, root, config):
+    stand_in = root / "usr/bin/python3"
+    stand_in.parent.mkdir(parents=True, exist_ok=True)
+    stand_in.write_text("#!/bin/sh\necho 'Python 3.8.10'\n")
+    stand_in.chmod(0o755)
+
+
+SSHD_CONFIG = "etc/ssh/sshd_config"
+WHOLE = [
+    (
+        "Match User backup with its own ForceCommand",
+        lambda g, r, c: (r / SSHD_CONFIG).write_text(
+            (r / SSHD_CONFIG).read_text() + "Match User backup\n    ForceCommand internal-sftp\n"
+        ),
+        "✗ Match User backup (/etc/ssh/sshd_config line 6) bypasses the phone check: "
+        "ForceCommand is 'internal-sftp'" + BYPASS_FIX,
+    ),
+    (
+        "first release's layout swallows the admin's settings",
+        old_layout,
+        "✗ for a login as nobody from 192.0.2.10, ssh-auth's lines change settings of yours: "
+        "passwordauthentication from no to yes, permitrootlogin from no to without-password "
+        "— fix: ssh-auth install (it writes its Match block last, where it swallows nothing)",
+    ),
+    (
+        "AcceptEnv broader than LANG LC_*",
+        lambda g, r, c: (r / SSHD_CONFIG).write_text(
+            (r / SSHD_CONFIG).read_text() + "AcceptEnv LANG LC_* COLORTERM NO_COLOR ZDOTDIR *PRELOAD\n"
+        ),
+        "✗ sshd accepts ZDOTDIR *PRELOAD from the client (AcceptEnv) for a login as nobody from "
+        "192.0.2.10: they reach the user's login shell before the phone check (ZDOTDIR, "
+        "LD_PRELOAD...) — fix: AcceptEnv LANG LC_* only (COLORTERM and NO_COLOR are fine too)",
+    ),
+    (
+        "registry unreadable by the service",
+        lambda g, r, c: (os.chown(c, 0, 0), c.chmod(0o600)),
+        "✗ the configuration {config} is not readable by the service (root:root 0600): a registry "
+        "it cannot read denies every login — fix: chown root:ssh-auth {config} && "
+        "chmod 0640 {config}",
+    ),
+    (
+        "registry readable by everyone",
+        lambda g, r, c: c.chmod(0o644),
+        "✗ the configuration {config} is readable by every user (root:ssh-auth 0644): it holds the "
+        "phone numbers — fix: chown root:ssh-auth {config} && chmod 0640 {config}",
+    ),
+    (
+        "system Python 3.8",
+        old_python,
+        "✗ {root}/usr/bin/python3 is Python 3.8; the shim needs 3.9 or later (Debian 11+, "
+        "Ubuntu 22.04+, RHEL 9+) — fix: install Python 3.9 or later as /usr/bin/python3 (the "
+        "shim runs under the system Python)",
+    ),
+]
+
+
+@pytest.mark.usefixtures("default_host_keys")
+@pytest.mark.parametrize("case, breaks, line", WHOLE, ids=[row[0] for row in WHOLE])
+def test_doctor_proves_the_whole_configuration_in_one_line_per_failure(setup, case, breaks, line):
+    gate, root, config = setup
+    breaks(gate, root, config)
+    status, out = doctor(config, root)
+    assert status == 1, out
+    expected = line.format(root=root, config=config)
+    assert expected in out.splitlines(), out

@@ -35,7 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep port/agent forwarding (weakens the gate: see README)",
     )
     install.add_argument("--dry-run", action="store_true", help="show the diff, change nothing")
-    install.add_argument("--force", action="store_true", help="install despite a lockout risk")
+    install.add_argument(
+        "--force",
+        action="store_true",
+        help="install despite a lockout risk (never despite a login sshd -T shows bypassing the check)",
+    )
     uninstall = commands.add_parser("uninstall", help="remove what install added (root)")
     uninstall.add_argument("--root", default="/")
     for name, helptext in (
@@ -150,6 +154,7 @@ def allow_once(args) -> int:
 
 
 def install(args) -> int:
+    """Install the gate; the installer proves sshd's effective configuration or rolls back."""
     from .sshd_install import Installer, InstallOptions
 
     if args.allow_forwarding:
@@ -174,6 +179,7 @@ def install(args) -> int:
 
 
 def uninstall(args) -> int:
+    """Give every file back as it was before install, keeping a private backup."""
     from .sshd_install import Installer
 
     Installer(args.root).uninstall()
@@ -181,6 +187,7 @@ def uninstall(args) -> int:
 
 
 def doctor(args) -> int:
+    """One line per check of the installation; non-zero if any check failed."""
     from .doctor import run_checks
 
     return run_checks(args.config, args.root)

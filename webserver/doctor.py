@@ -13,9 +13,11 @@ import requests
 from sshshim.protocol import SERVICE_USER, peer_uid
 
 from .config import ConfigError, Settings, load_credentials
+from .errors import InstallError
 from .phonecheck import PhoneCheckClient, PhoneCheckError, base_url_for
 from .registry import entries
-from .sshd_install import Installer, forced_command
+from .sshd_install import Installer, forced_command, shim_python_check
+from .sshd_proof import Verdict
 
 LOW_BALANCE = 20
 MAX_SKEW = 30
@@ -26,6 +28,16 @@ BYPASS = {
     "permituserenvironment": "no",
 }
 START_UP_FILES = (".bashrc", ".bash_profile", ".profile", ".zshenv", ".pam_environment")
+# Client-set variables sshd may accept: the locale and the terminal's colours, nothing that a
+# login shell or the dynamic loader acts on (ZDOTDIR, LD_PRELOAD, BASH_ENV...).
+NARROW_ENV = ("LANG", "COLORTERM", "NO_COLOR")
+MISSING_REGISTRY_FIX = (
+    "restore the file or run ssh-auth install: without its registry the service denies every login"
+)
+MATCH_FIX = (
+    "change your sshd configuration (sshd takes a keyword's first value, and a Match block's "
+    "over the global one)"
+)
 
 
 class Report:
@@ -51,9 +63,14 @@ def run_checks(config_path: str, root: str = "/") -> int:
     try:
         settings = Settings.load(config_path)
     except ConfigError as error:
-        report.bad(f"configuration: {error}", "correct the line it names")
+        fix = "correct the line it names"
+        if not os.access(config_path, os.R_OK):
+            fix = MISSING_REGISTRY_FIX
+        report.bad(f"configuration: {error}", fix)
         return 1
     report.ok(f"configuration {config_path} is valid")
+    _check_registry_access(report, config_path, root)
+    _check_shim_python(report, root)
     client = _check_credentials(report, settings)
     if client:
         _check_api(report, client)
@@ -157,7 +174,28 @@ def _check_socket(report: Report, settings: Settings) -> None:
 
 
 def _check_sshd(report: Report, settings: Settings, root: str) -> None:
-    effective = Installer(root, say=lambda _: None).effective("192.0.2.10")
+    installer = Installer(root, say=lambda _: None)
+    try:
+        verdicts, notes = installer.prove(settings.socket, installer.installed_exempt_networks())
+    except (InstallError, OSError, ValueError) as error:
+        report.bad(f"sshd's configuration cannot be proven: {error}", "sshd -t; ssh-auth install")
+        return
+    _check_plain_login(report, verdicts[0].effective, settings)
+    for verdict in verdicts[1:]:
+        _check_context(report, verdict)
+    for verdict in verdicts:
+        if verdict.changes:
+            report.bad(
+                f"for {verdict.context.label}, ssh-auth's lines change settings of yours: "
+                + ", ".join(verdict.changes),
+                "ssh-auth install (it writes its Match block last, where it swallows nothing)",
+            )
+    for note in notes:
+        report.warn(note)
+    _check_accept_env(report, [v for v in verdicts if not v.exempt_network])
+
+
+def _check_plain_login(report: Report, effective: dict[str, str], settings: Settings) -> None:
     forced = effective.get("forcecommand")
     if forced == forced_command(settings.socket):
         report.ok("sshd runs the phone check for every login (sshd -T)")
@@ -175,6 +213,103 @@ def _check_sshd(report: Report, settings: Settings, root: str) -> None:
                 f"{keyword} is {value}: the phone check can be bypassed",
                 f"set {keyword} {wanted} (ssh-auth install does)",
             )
+
+
+def _check_context(report: Report, verdict: Verdict) -> None:
+    """One line for a login some Match block (or an exempt network) singles out."""
+    label = verdict.context.label
+    if verdict.bypasses:
+        report.bad(f"{label} bypasses the phone check: {', '.join(verdict.bypasses)}", MATCH_FIX)
+    elif verdict.still_gated:
+        report.bad(
+            f"sshd still runs the phone check for the exempt network {verdict.exempt_network}",
+            "ssh-auth install, then reload sshd",
+        )
+    elif verdict.exempt_network:
+        report.ok(f"{label}: exempt (network {verdict.exempt_network}), as installed")
+    else:
+        report.ok(f"{label}: the phone check, with no forwarding, tunnel, user rc or environment")
+
+
+def _check_accept_env(report: Report, verdicts: list[Verdict]) -> None:
+    """Client-set variables reach the user's login shell before the shim runs."""
+    seen = set()
+    for verdict in verdicts:
+        broad = tuple(p for p in verdict.effective.get("acceptenv", "").split() if not _narrow_env(p))
+        if broad and broad not in seen:
+            seen.add(broad)
+            report.bad(
+                f"sshd accepts {' '.join(broad)} from the client (AcceptEnv) for "
+                f"{verdict.context.label}: they reach the user's login shell before the phone "
+                "check (ZDOTDIR, LD_PRELOAD...)",
+                "AcceptEnv LANG LC_* only (COLORTERM and NO_COLOR are fine too)",
+            )
+    if not seen:
+        report.ok(
+            "sshd accepts no environment variables from the client beyond LANG, LC_*, "
+            "COLORTERM and NO_COLOR (AcceptEnv)"
+        )
+
+
+def _narrow_env(pattern: str) -> bool:
+    return pattern in NARROW_ENV or pattern.startswith("LC_")
+
+
+def _check_shim_python(report: Report, root: str) -> None:
+    ok, line = shim_python_check(root)
+    if ok:
+        report.ok(line)
+    else:
+        report.bad(
+            line,
+            "install Python 3.9 or later as /usr/bin/python3 (the shim runs under the system Python)",
+        )
+
+
+def _check_registry_access(report: Report, config_path: str, root: str) -> None:
+    """The service reads the registry as its group: unreadable, every login is denied."""
+    installer = Installer(root, say=lambda _: None)
+    info = os.stat(config_path)
+    mode = stat.S_IMODE(info.st_mode)
+    users, groups = _names(installer, "etc/passwd"), _names(installer, "etc/group")
+    shown = f"{users.get(info.st_uid, info.st_uid)}:{groups.get(info.st_gid, info.st_gid)} {mode:04o}"
+    fix = f"chown root:{SERVICE_USER} {config_path} && chmod 0640 {config_path}"
+    service = {name: uid for uid, name in users.items()}.get(SERVICE_USER)
+    group = {name: gid for gid, name in groups.items()}.get(SERVICE_USER)
+    readable = (
+        mode & 0o004
+        or (info.st_gid == group and mode & 0o040)
+        or (info.st_uid == service and mode & 0o400)
+    )
+    if service is None:
+        report.bad(f"the service user {SERVICE_USER} does not exist", "ssh-auth install")
+    elif not readable:
+        report.bad(
+            f"the configuration {config_path} is not readable by the service ({shown}): "
+            "a registry it cannot read denies every login",
+            fix,
+        )
+    elif mode & 0o006:
+        access = "readable" if mode & 0o004 else "writable"
+        report.bad(
+            f"the configuration {config_path} is {access} by every user ({shown}): it holds "
+            "the phone numbers",
+            fix,
+        )
+    else:
+        report.ok(
+            f"the configuration {config_path} is readable by the service and no one else ({shown})"
+        )
+
+
+def _names(installer: Installer, relative: str) -> dict[int, str]:
+    """id -> name from the root's etc/passwd or etc/group."""
+    names = {}
+    for line in (installer.read(relative) or b"").decode(errors="replace").splitlines():
+        parts = line.split(":")
+        if len(parts) >= 3 and parts[2].isdigit():
+            names.setdefault(int(parts[2]), parts[0])
+    return names
 
 
 def _check_users(report: Report, config_path: str) -> None:

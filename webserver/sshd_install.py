@@ -2,7 +2,6 @@
 
 import base64
 import difflib
-import io
 import ipaddress
 import json
 import os
@@ -10,17 +9,29 @@ import re
 import stat
 import subprocess
 import sys
-import tempfile
 import time
-import zipfile
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
 from .config import Settings, load_credentials
+from .errors import InstallError
 from .files import atomic_write
 from .policy import is_exempt
 from .registry import parse_entry
+from .shim_build import archive as shim_archive
+from .sshd_proof import (
+    DROPIN,
+    MATCH_LINE,
+    OUR_BLOCKS,
+    SSHD_CONFIG,
+    Context,
+    SshdConfigCopy,
+    Verdict,
+    exempt_by,
+    probe_contexts,
+    sshd_settings,
+)
 
 DEFAULT_SHIM = "/usr/local/lib/ssh-auth/shim.pyz"
 SHIM_PYTHON = "/usr/bin/python3"  # the system interpreter every login user can run
@@ -66,15 +77,21 @@ CONFIG = "etc/ssh-auth/ssh-auth.conf"
 CREDENTIALS = "etc/ssh-auth/tru.json"
 SHIM = "usr/local/lib/ssh-auth/shim.pyz"
 UNIT = "etc/systemd/system/ssh-auth.service"
-SSHD_CONFIG = "etc/ssh/sshd_config"
-DROPIN = "etc/ssh/sshd_config.d/ssh-auth.conf"
 MANIFEST = "var/lib/ssh-auth/install.json"
 TUTORIAL_DIR = "usr/local/bin/tru-id-ssh-auth"
 TUTORIAL_BACKUP = "etc/ssh/sshd_confige"
 BLOCK_BEGIN = "# BEGIN ssh-auth (written by `ssh-auth install`; `ssh-auth uninstall` removes it)\n"
+MATCH_BEGIN = (
+    "# BEGIN ssh-auth Match blocks (written by `ssh-auth install`, last: a Match runs to the "
+    "end of the file)\n"
+)
 BLOCK_END = "# END ssh-auth\n"
 INCLUDES_DROPINS = re.compile(r"(?im)^\s*Include\s+\S*sshd_config\.d/\*\.conf\s*$")
 TUTORIAL_FORCECOMMAND = re.compile(r"(?im)^\s*ForceCommand\s+\S*tru-id-ssh-auth.*\n?")
+SHIM_PYTHON_MIN = (3, 9)
+SHIM_PYTHON_CLAIM = "Debian 11+, Ubuntu 22.04+, RHEL 9+"
+# Never ProtectProc= or ProcSubset=: the service finds each login's sshd session process in /proc
+# (DESIGN §5), and either would hide it.
 UNIT_TEMPLATE = """[Unit]
 Description=ssh-auth: SIM-check multi-factor authentication for SSH (broker and webhook)
 After=network-online.target
@@ -87,29 +104,34 @@ ExecStart={server} --config /etc/ssh-auth/ssh-auth.conf
 RuntimeDirectory=ssh-auth
 RuntimeDirectoryMode=0755
 LogsDirectory=ssh-auth
+UMask=0077
+# 512 waiting logins hold two descriptors each, and the webhook up to 200 connections.
+LimitNOFILE=16384
 Restart=on-failure
 RestartSec=2
 NoNewPrivileges=yes
 ProtectSystem=strict
-ProtectHome=read-only
+ProtectHome=yes
 PrivateTmp=yes
 PrivateDevices=yes
 ProtectKernelTunables=yes
 ProtectKernelModules=yes
+ProtectKernelLogs=yes
 ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
 RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
 RestrictNamespaces=yes
+RestrictSUIDSGID=yes
 LockPersonality=yes
 CapabilityBoundingSet=
 SystemCallArchitectures=native
+SystemCallFilter=@system-service
+# Never ProtectProc= or ProcSubset=: the service finds each login's sshd processes in /proc.
 
 [Install]
 WantedBy=multi-user.target
 """
-
-
-class InstallError(Exception):
-    """The install or uninstall cannot go ahead; the message says why and what to do."""
 
 
 @dataclass
@@ -121,6 +143,21 @@ class Change:
     mode: int = 0o644
     owner: str = "root"
     group: str = "root"
+
+
+@dataclass(frozen=True)
+class FileState:
+    """One file as it is: bytes, mode, owner and group (what a restore must give back)."""
+
+    data: bytes
+    mode: int
+    uid: int
+    gid: int
+
+    def recorded(self) -> dict:
+        """The manifest's form (a manifest of the first release held only the bytes)."""
+        data = base64.b64encode(self.data).decode()
+        return {"data": data, "mode": f"{self.mode:04o}", "uid": self.uid, "gid": self.gid}
 
 
 @dataclass
@@ -135,22 +172,6 @@ class InstallOptions:
     force: bool = False
 
 
-def shim_archive() -> bytes:
-    """The shim zipapp, byte-for-byte the same for the same code (fixed timestamps, order)."""
-    buffer = io.BytesIO()
-    buffer.write(b"#!/usr/bin/python3 -I\n")
-    with zipfile.ZipFile(buffer, "a", zipfile.ZIP_DEFLATED) as archive:
-        entries = {"__main__.py": b"import sys\nfrom sshshim.__main__ import main\nsys.exit(main())\n"}
-        for item in sorted(files("sshshim").iterdir(), key=lambda p: p.name):
-            if item.name.endswith(".py"):
-                entries[f"sshshim/{item.name}"] = item.read_bytes()
-        for name, data in sorted(entries.items()):
-            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-            info.external_attr = 0o644 << 16
-            archive.writestr(info, data, zipfile.ZIP_DEFLATED)
-    return buffer.getvalue()
-
-
 class Installer:
     """Install, uninstall and validate against a root directory ('/' on a real server)."""
 
@@ -159,13 +180,23 @@ class Installer:
         self.say = say
 
     def path(self, relative: str) -> Path:
+        """Where a server path (relative, without the leading /) is under the root."""
         return self.root / relative
 
     def read(self, relative: str) -> bytes | None:
+        """The file's bytes, or None if there is no such file."""
         try:
             return self.path(relative).read_bytes()
         except FileNotFoundError:
             return None
+
+    def state(self, relative: str) -> FileState | None:
+        """The file's bytes, mode and owner, or None if there is no such file."""
+        data = self.read(relative)
+        if data is None:
+            return None
+        info = self.path(relative).stat()
+        return FileState(data, stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid)
 
     # --- planning ----------------------------------------------------------------------
 
@@ -186,7 +217,7 @@ class Installer:
         dropin = render_dropin(
             "/" + SHIM, settings.socket, options.allow_forwarding, options.exempt_networks
         )
-        changes.append(self._sshd_change(dropin))
+        changes += self._sshd_changes(dropin)
         return changes
 
     def _config_text(self, options: InstallOptions) -> str:
@@ -224,26 +255,37 @@ class Installer:
         load_credentials(source, require_private=False)  # refuse a malformed file now
         return Path(source).read_bytes()
 
-    def _sshd_change(self, dropin: str) -> Change:
-        sshd_config = self.read(SSHD_CONFIG)
-        if sshd_config is None:
+    def _sshd_changes(self, dropin: str) -> list[Change]:
+        """The drop-in where sshd_config includes sshd_config.d, else marked blocks in it."""
+        current = self.state(SSHD_CONFIG)
+        if current is None:
             raise InstallError(f"{self.path(SSHD_CONFIG)} not found: is openssh-server installed?")
-        text = sshd_config.decode()
+        text = current.data.decode()
+        admins = OUR_BLOCKS.sub("", text)
         if INCLUDES_DROPINS.search(text):
-            return Change(DROPIN, dropin.encode(), 0o644)
-        # No Include of sshd_config.d: a marked block at the very top (the first value wins).
-        return Change(
-            SSHD_CONFIG, (BLOCK_BEGIN + dropin + BLOCK_END + _without_block(text)).encode(), 0o644
-        )
+            changes = [Change(DROPIN, dropin.encode(), 0o644)]
+            if admins != text:  # an earlier install's blocks: the drop-in replaces them
+                changes.append(Change(SSHD_CONFIG, admins.encode(), current.mode))
+            return changes
+        # Settings in a block at the very top (sshd takes the first value); a Match block in a
+        # second block at the very end, since a Match runs to the next Match or the end of file.
+        settings, matches = _split_at_match(dropin)
+        if admins and not admins.endswith("\n"):
+            admins += "\n"
+        text = BLOCK_BEGIN + settings + BLOCK_END + admins
+        if matches:
+            text += MATCH_BEGIN + matches + BLOCK_END
+        return [Change(SSHD_CONFIG, text.encode(), current.mode)]
 
     # --- install -----------------------------------------------------------------------
 
     def install(self, options: InstallOptions) -> bool:
         """Install; False when nothing changed. Validated, and rolled back on any failure."""
+        self._refuse_old_python()
         self._sshd_valid_before()
         changes = self.plan(options)
         self._refuse_lockout(changes, options)
-        todo = [c for c in changes if self.read(c.path) != c.data or not self._mode_right(c)]
+        todo = [c for c in changes if not self._is_right(c)]
         if not todo:
             self.say("ssh-auth is already installed as asked: nothing to change.")
             return False
@@ -253,7 +295,7 @@ class Installer:
             return True
         created_user = _passwd_entry(self.read("etc/passwd"), SERVICE_USER) is None
         uids = self._service_account()
-        priors = {c.path: self.read(c.path) for c in todo}
+        priors = {c.path: self.state(c.path) for c in todo}
         new_dirs = sorted(
             {
                 str(d.relative_to(self.root))
@@ -285,11 +327,22 @@ class Installer:
         )
         return True
 
-    def _mode_right(self, change: Change) -> bool:
-        if change.data is None:
-            return True
-        info = self.path(change.path).stat()
-        return stat.S_IMODE(info.st_mode) == change.mode
+    def _is_right(self, change: Change) -> bool:
+        """The file already has the change's bytes, mode, owner and group."""
+        current = self.state(change.path)
+        if change.data is None or current is None:
+            return change.data is None and current is None
+        service = _passwd_entry(self.read("etc/passwd"), SERVICE_USER)
+        if service is None and SERVICE_USER in (change.owner, change.group):
+            return False
+        uid = service[0] if change.owner == SERVICE_USER else 0
+        gid = service[1] if change.group == SERVICE_USER else 0
+        return current == FileState(change.data, change.mode, uid, gid)
+
+    def _refuse_old_python(self) -> None:
+        ok, line = shim_python_check(str(self.root))
+        if not ok:
+            raise InstallError(line)
 
     def _refuse_lockout(self, changes: list[Change], options: InstallOptions) -> None:
         if options.force or options.exempt_networks:
@@ -320,6 +373,21 @@ class Installer:
             if len(parts) >= 4:
                 groups[parts[0]] = {m for m in parts[3].split(",") if m}
         return groups
+
+    def members(self) -> dict[str, list[str]]:
+        """Each group of the root's etc/group with its members, primary-group users included."""
+        gids: dict[str, str] = {}
+        for line in (self.read("etc/group") or b"").decode(errors="replace").splitlines():
+            parts = line.split(":")
+            if len(parts) >= 4:
+                gids[parts[0]] = parts[2]
+        primary: dict[str, set[str]] = {}
+        for line in (self.read("etc/passwd") or b"").decode(errors="replace").splitlines():
+            parts = line.split(":")
+            if len(parts) >= 4:
+                primary.setdefault(parts[3], set()).add(parts[0])
+        groups = self._groups()
+        return {g: sorted(groups[g] | primary.get(gid, set())) for g, gid in gids.items()}
 
     def _service_account(self) -> tuple[int, int]:
         """The service user's uid and gid, creating the account if needed."""
@@ -355,24 +423,24 @@ class Installer:
         gid = uids[1] if change.group == SERVICE_USER else 0
         atomic_write(str(target), change.data, change.mode, uid, gid)
 
-    def _restore(self, priors: dict[str, bytes | None]) -> None:
-        for relative, data in priors.items():
+    def _restore(self, priors: dict[str, FileState | None]) -> None:
+        """Every file exactly as it was: bytes, mode, owner and group (the service reads some)."""
+        for relative, prior in priors.items():
             target = self.path(relative)
-            if data is None:
+            if prior is None:
                 target.unlink(missing_ok=True)
             else:
-                mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o644
-                atomic_write(str(target), data, mode)
+                atomic_write(str(target), prior.data, prior.mode, prior.uid, prior.gid)
         if priors:
             self.say("restored every file to what it was before")
 
-    def _record(self, priors: dict[str, bytes | None], new_dirs: list[str], created_user: bool) -> None:
+    def _record(
+        self, priors: dict[str, FileState | None], new_dirs: list[str], created_user: bool
+    ) -> None:
         """Remember what was there before the first install, for uninstall."""
         manifest = self._manifest() or {"files": {}, "dirs": [], "created_user": False}
-        for relative, data in priors.items():
-            manifest["files"].setdefault(
-                relative, None if data is None else base64.b64encode(data).decode()
-            )
+        for relative, prior in priors.items():
+            manifest["files"].setdefault(relative, None if prior is None else prior.recorded())
         target = self.path(MANIFEST)
         for directory in [
             str(d.relative_to(self.root))
@@ -403,94 +471,72 @@ class Installer:
         if error:
             raise InstallError(f"sshd -t refused the new configuration: {error}")
         settings = Settings.parse(next(c for c in changes if c.path == CONFIG).data.decode())
-        forced = self.effective("192.0.2.10").get("forcecommand")
-        if forced != forced_command(settings.socket):
-            raise InstallError(
-                f"sshd would not run the phone check (ForceCommand is {forced!r}"
-                " for a login from 192.0.2.10): another ForceCommand comes first?"
-            )
-        for network in options.exempt_networks:
-            host = str(
-                next(
-                    iter(ipaddress.ip_network(network, strict=False).hosts()),
-                    ipaddress.ip_network(network, strict=False).network_address,
-                )
-            )
-            if self.effective(host).get("forcecommand") != "none":
-                raise InstallError(f"sshd would still run the phone check for {network}")
-
-    def _sshd_config_for_test(self) -> str:
-        """sshd_config with Include paths moved under the root (the file itself under /)."""
-        text = self.path(SSHD_CONFIG).read_text()
-        if str(self.root) != "/":
-            text = re.sub(
-                r"(?im)^(\s*Include\s+)(/\S+)", lambda m: m.group(1) + str(self.root) + m.group(2), text
-            )
-        handle = tempfile.NamedTemporaryFile("w", suffix=".sshd_config", delete=False)
-        with handle:
-            handle.write(text)
-        return handle.name
+        verdicts, notes = self.prove(settings.socket, options.exempt_networks, options.allow_forwarding)
+        for note in notes:
+            self.say(f"note: {note}")
+        for verdict in verdicts:
+            refusal = verdict.refusal()
+            if refusal:
+                raise InstallError(refusal)
 
     def _sshd_test(self) -> str | None:
         # sshd -t insists on its privilege separation directory, which only its own unit makes.
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-        config = self._sshd_config_for_test()
-        try:
+        with SshdConfigCopy(self.root, ours=True) as copy:
             result = subprocess.run(
-                ["/usr/sbin/sshd", "-t", "-f", config], capture_output=True, text=True
+                ["/usr/sbin/sshd", "-t", "-f", copy.top], capture_output=True, text=True
             )
-        finally:
-            os.unlink(config)
         if result.returncode == 0:
             return None
         return result.stderr.strip() or f"exit {result.returncode}"
 
     def effective(self, address: str) -> dict[str, str]:
         """sshd's effective settings for a login from `address` (one `sshd -T -C` run)."""
-        config = self._sshd_config_for_test()
-        try:
-            result = subprocess.run(
-                [
-                    "/usr/sbin/sshd",
-                    "-T",
-                    "-f",
-                    config,
-                    "-C",
-                    f"user=nobody,host=client.example,addr={address}",
-                ],
-                capture_output=True,
-                text=True,
-            )
-        finally:
-            os.unlink(config)
-        return dict(line.partition(" ")[::2] for line in result.stdout.splitlines())
+        with SshdConfigCopy(self.root, ours=True) as copy:
+            return sshd_settings(copy.top, Context(f"a login from {address}", addr=address))
+
+    def prove(
+        self, socket: str, exempt_networks=(), allow_forwarding: bool = False
+    ) -> tuple[list["Verdict"], list[str]]:
+        """sshd's effective settings without and with our lines, for every login that matters."""
+        exempt = [ipaddress.ip_network(n, strict=False) for n in exempt_networks]
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        with SshdConfigCopy(self.root, False) as admins, SshdConfigCopy(self.root, True) as ours:
+            contexts, notes = probe_contexts(ours.matches, exempt, self.members())
+            verdicts = [
+                Verdict.judge(
+                    context,
+                    sshd_settings(admins.top, context),
+                    sshd_settings(ours.top, context),
+                    forced_command(socket),
+                    exempt_by(context.addr, exempt),
+                    allow_forwarding,
+                )
+                for context in contexts
+            ]
+        return verdicts, notes
+
+    def installed_exempt_networks(self) -> tuple[str, ...]:
+        """The networks our own lines exempt (the drop-in, or the blocks in sshd_config)."""
+        ours = (self.read(DROPIN) or b"").decode(errors="replace")
+        ours += "".join(OUR_BLOCKS.findall((self.read(SSHD_CONFIG) or b"").decode(errors="replace")))
+        found = re.findall(r"(?im)^\s*Match\s+Address\s+(\S+)", ours)
+        return tuple(network for line in found for network in line.split(","))
 
     # --- uninstall ---------------------------------------------------------------------
 
     def uninstall(self) -> None:
-        """Return every file install touched to its bytes from before; keep a backup."""
-        manifest = self._manifest()
-        backup = self.path(f"var/backups/ssh-auth-{time.strftime('%Y%m%d-%H%M%S')}")
-        saved = False
-        touched = dict((manifest or {}).get("files", {}))
-        for relative in list(touched) + [TUTORIAL_BACKUP]:
-            current = self.read(relative)
-            if current is not None:
-                (backup / relative).parent.mkdir(parents=True, exist_ok=True)
-                (backup / relative).write_bytes(current)
-                saved = True
-        for relative, prior in touched.items():
-            target = self.path(relative)
-            if prior is None:
-                target.unlink(missing_ok=True)
-            else:
-                mode = 0o600 if relative.endswith("tru.json") else 0o644
-                atomic_write(str(target), base64.b64decode(prior), mode)
+        """Return every file install touched to its bytes, mode and owner; keep a private backup."""
+        manifest = self._manifest() or {}
+        touched = dict(manifest.get("files", {}))
+        backup = self._backup([*touched, TUTORIAL_BACKUP])
+        for relative, recorded in touched.items():
+            self._give_back(relative, recorded)
         self._remove_tutorial_leftovers()
         self.path(MANIFEST).unlink(missing_ok=True)
-        for directory in sorted((manifest or {}).get("dirs", []), key=len, reverse=True):
+        for directory in sorted(manifest.get("dirs", []), key=len, reverse=True):
             _remove_if_empty(self.path(directory))
-        if (manifest or {}).get("created_user"):
+        if manifest.get("created_user"):
             argv = ["userdel", SERVICE_USER]
             if str(self.root) != "/":
                 argv[1:1] = ["--root", str(self.root)]
@@ -498,7 +544,7 @@ class Installer:
             self.say(f"removed the system user {SERVICE_USER}")
         if not touched:
             self.say("no record of an ssh-auth install here; removed tutorial leftovers only")
-        if saved:
+        if backup:
             self.say(f"backup of the removed files: {backup}")
         error = self._sshd_test()
         self.say(f"sshd -t: {error}" if error else "sshd -t: configuration OK")
@@ -507,12 +553,59 @@ class Installer:
             "(systemctl disable --now ssh-auth)"
         )
 
+    def _backup(self, relatives: list[str]) -> Path | None:
+        """Copy each file that exists into a 0700 directory, keeping its mode and owner."""
+        backup = self.path(f"var/backups/ssh-auth-{time.strftime('%Y%m%d-%H%M%S')}")
+        saved = False
+        for relative in relatives:
+            current = self.state(relative)
+            if current is None:
+                continue
+            if not saved:  # the secrets inside are only as private as this directory
+                backup.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+                backup.mkdir(mode=0o700, exist_ok=True)
+                os.chmod(backup, 0o700)
+                saved = True
+            (backup / relative).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            atomic_write(str(backup / relative), current.data, current.mode, current.uid, current.gid)
+        return backup if saved else None
+
+    def _give_back(self, relative: str, recorded: dict | str | None) -> None:
+        """One file as the manifest recorded it before the first install (or remove it)."""
+        target = self.path(relative)
+        if recorded is None:
+            target.unlink(missing_ok=True)
+            return
+        if isinstance(recorded, str):  # the first release recorded bytes only: never widen access
+            current = self.state(relative)
+            prior = FileState(
+                base64.b64decode(recorded),
+                current.mode if current else 0o600,
+                current.uid if current else 0,
+                current.gid if current else 0,
+            )
+        else:
+            prior = FileState(
+                base64.b64decode(recorded["data"]),
+                int(recorded["mode"], 8),
+                recorded["uid"],
+                recorded["gid"],
+            )
+        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        atomic_write(str(target), prior.data, prior.mode, prior.uid, prior.gid)
+
     def _remove_tutorial_leftovers(self) -> None:
-        sshd_config = self.read(SSHD_CONFIG)
+        sshd_config = self.state(SSHD_CONFIG)
         if sshd_config is not None:
-            cleaned = TUTORIAL_FORCECOMMAND.sub("", sshd_config.decode())
-            if cleaned.encode() != sshd_config:
-                atomic_write(str(self.path(SSHD_CONFIG)), cleaned.encode(), 0o644)
+            cleaned = TUTORIAL_FORCECOMMAND.sub("", sshd_config.data.decode()).encode()
+            if cleaned != sshd_config.data:
+                atomic_write(
+                    str(self.path(SSHD_CONFIG)),
+                    cleaned,
+                    sshd_config.mode,
+                    sshd_config.uid,
+                    sshd_config.gid,
+                )
                 self.say("removed the tutorial's ForceCommand from sshd_config")
         if self.read(TUTORIAL_BACKUP) is not None:
             self.path(TUTORIAL_BACKUP).unlink()
@@ -524,6 +617,28 @@ def forced_command(socket: str) -> str:
     return f"{SHIM_PYTHON} -I /{SHIM} create-check --socket {socket}"
 
 
+def shim_python_check(root: str) -> tuple[bool, str]:
+    """Whether the interpreter the shim runs under is new enough, and one line saying so."""
+    candidate = Path(root) / SHIM_PYTHON.lstrip("/")
+    path = str(candidate) if root != "/" and os.path.exists(candidate) else SHIM_PYTHON
+    needs = f"the shim needs Python 3.9 or later ({SHIM_PYTHON_CLAIM})"
+    try:
+        result = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return False, f"{path} cannot be run ({getattr(error, 'strerror', None) or error}); {needs}"
+    answer = (result.stdout.strip() or result.stderr.strip()).splitlines()[:1]
+    found = re.fullmatch(r"Python (\d+)\.(\d+)\S*", answer[0] if answer else "")
+    if not found:
+        return False, f"{path} did not say which Python it is ({' '.join(answer)!r}); {needs}"
+    version = (int(found.group(1)), int(found.group(2)))
+    shown = f"{version[0]}.{version[1]}"
+    if version < SHIM_PYTHON_MIN:
+        return False, f"{path} is Python {shown}; the shim needs 3.9 or later ({SHIM_PYTHON_CLAIM})"
+    return True, f"{path} is Python {shown} (the shim needs 3.9 or later)"
+
+
 def _remove_if_empty(directory: Path) -> None:
     try:
         directory.rmdir()
@@ -531,10 +646,15 @@ def _remove_if_empty(directory: Path) -> None:
         pass  # not empty, or gone: either way not ours to remove
 
 
-def _without_block(text: str) -> str:
-    start = text.find(BLOCK_BEGIN)
-    end = text.find(BLOCK_END)
-    return text if start < 0 or end < 0 else text[:start] + text[end + len(BLOCK_END) :]
+def _split_at_match(text: str) -> tuple[str, str]:
+    """(the settings, the first Match line onwards with the comments just above it)."""
+    lines = text.splitlines(keepends=True)
+    first = next((i for i, line in enumerate(lines) if MATCH_LINE.match(line)), None)
+    if first is None:
+        return text, ""
+    while first > 0 and (not lines[first - 1].strip() or lines[first - 1].lstrip().startswith("#")):
+        first -= 1
+    return "".join(lines[:first]), "".join(lines[first:])
 
 
 def _passwd_entry(passwd: bytes | None, name: str) -> tuple[int, int] | None:
@@ -558,5 +678,5 @@ def _diff(relative: str, old: bytes | None, new: bytes | None) -> str:
                 tofile=f"/{relative}" if new is not None else "/dev/null",
             )
         )
-        or f"/{relative}: mode only"
+        or f"/{relative}: mode or owner only"
     )
