@@ -1,6 +1,8 @@
 """The public URL: as configured, or learned from an ngrok tunnel (pyngrok) — never downloaded."""
 
+import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,33 @@ from .gate import USERS, Gate
 
 FAKE_AGENT = Path(__file__).parent / "fixtures" / "fake-ngrok"
 TUNNEL_URL = "https://sa-test.ngrok-free.app"
+TOKEN = "2saTestAuthtoken_7f3c9a1e5b_not_a_real_one"
+
+# Run as another local user: every /proc/*/cmdline it can read, and whether it can read the
+# agent's environment. Token and agent path come on stdin, so this scan's own command line
+# cannot hold either.
+SCAN_PROC = """
+import json, os, sys
+token, agent = (word.encode() for word in json.load(sys.stdin))
+report = {"cmdlines": 0, "with_token": [], "agent": [], "agent_environ": []}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as file:
+            cmdline = file.read()
+    except OSError:
+        continue  # gone meanwhile
+    report["cmdlines"] += 1
+    if token in cmdline:
+        report["with_token"].append(cmdline.replace(b"\\0", b" ").decode(errors="replace"))
+    if agent in cmdline:
+        report["agent"].append(pid)
+        try:
+            open(f"/proc/{pid}/environ", "rb").close()
+            report["agent_environ"].append("readable")
+        except OSError as error:
+            report["agent_environ"].append(type(error).__name__)
+print(json.dumps(report))
+"""
 
 
 def test_public_url_is_the_redirect_url(gate):
@@ -35,8 +64,13 @@ def agent(tmp_path):
     process.kill_process(str(path))
 
 
+def tunnel_settings(agent: Path) -> dict:
+    """Gate settings for a deployment whose public URL comes from the (fake) agent."""
+    return {"public_url": None, "tunnel": "ngrok", "ngrok_path": str(agent)}
+
+
 def test_the_ngrok_tunnel_url_becomes_the_redirect_url(emulator_server, agent):
-    settings = {"public_url": None, "tunnel": "ngrok", "ngrok_path": str(agent)}
+    settings = {**tunnel_settings(agent), "ngrok_authtoken": TOKEN}
     with Gate(emulator_server, settings=settings, users={"sa-alice": USERS["sa-alice"]}) as gate:
         session = gate.ssh("sa-alice", "true")
         redirect = open_on_phone(session.check_url(), sim=USERS["sa-alice"])
@@ -61,6 +95,8 @@ def test_a_missing_agent_is_one_clear_line_at_start(tmp_path, credentials):
 
 
 def test_no_download_is_ever_tried(monkeypatch, tmp_path, agent):
+    """pyngrok downloads an agent from the internet when ngrok_path is missing: never."""
+    monkeypatch.setenv("NGROK_AUTHTOKEN", TOKEN)
     import pyngrok.installer
 
     def download(*args, **kwargs):
@@ -83,3 +119,55 @@ def test_a_configured_public_url_means_no_tunnel(agent, tmp_path):
         socket=str(tmp_path / "s.sock"),
     )
     assert open_public_url(settings) == "https://ssh.example.com"
+
+
+def scan_proc_as(user: str, agent: Path) -> dict:
+    """What a local user learns from every /proc/*/cmdline, and from the agent's environ."""
+    result = subprocess.run(
+        ["runuser", "-u", user, "--", "/usr/bin/python3", "-I", "-c", SCAN_PROC],
+        input=json.dumps([TOKEN, str(agent)]),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("source", ["ssh-auth.conf", "environment"])
+def test_no_local_user_can_read_the_ngrok_authtoken(emulator_server, agent, monkeypatch, source):
+    """/proc/PID/cmdline is world-readable: the token reaches the agent in its environment only."""
+    settings = tunnel_settings(agent)
+    if source == "environment":
+        monkeypatch.setenv("NGROK_AUTHTOKEN", TOKEN)  # the service's own environment
+    else:
+        settings["ngrok_authtoken"] = TOKEN
+    with Gate(emulator_server, settings=settings, users={"sa-alice": USERS["sa-alice"]}) as gate:
+        report = scan_proc_as("sa-alice", agent)
+        log = gate.service.log_text()
+        ngrok_yml = gate.socket.parent / "ngrok.yml"
+        mode = ngrok_yml.stat().st_mode & 0o777
+        ngrok_yml_text = ngrok_yml.read_text()
+    assert report["with_token"] == []
+    assert len(report["agent"]) == 1, report  # the scan did see the running agent
+    assert report["cmdlines"] > 10
+    assert report["agent_environ"] == ["PermissionError"]
+    assert 'msg="authtoken found" source=environment' in log
+    assert TOKEN not in log
+    assert (oct(mode), TOKEN in ngrok_yml_text) == ("0o600", False)
+
+
+@pytest.mark.parametrize("before", [None, 0o644], ids=["created", "older-0644-file"])
+def test_ngrok_yml_is_owner_only(monkeypatch, tmp_path, agent, before):
+    """ngrok.yml may hold the authtoken (`ngrok config add-authtoken`): 0600 before any write."""
+    monkeypatch.delenv("NGROK_AUTHTOKEN", raising=False)
+    ngrok_yml = tmp_path / "ngrok.yml"
+    if before is None:
+        monkeypatch.setenv("NGROK_AUTHTOKEN", TOKEN)
+    else:  # an older install's world-readable file, holding the token itself
+        ngrok_yml.write_text(f'version: "3"\nagent:\n  authtoken: {TOKEN}\n')
+        ngrok_yml.chmod(before)
+    base = {"tunnel": "ngrok", "socket": str(tmp_path / "s.sock"), "config_path": "x"}
+    assert open_public_url(Settings(**base, ngrok_path=str(agent))) == TUNNEL_URL
+    assert oct(ngrok_yml.stat().st_mode & 0o777) == "0o600"
+    assert (TOKEN in ngrok_yml.read_text()) == (before is not None)

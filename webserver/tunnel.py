@@ -21,12 +21,17 @@ def open_public_url(settings: Settings) -> str:
     from pyngrok import conf, ngrok
     from pyngrok.exception import PyngrokError
 
+    # SECURITY: every local user can read /proc/PID/cmdline, only the owner /proc/PID/environ.
+    # The agent reads NGROK_AUTHTOKEN from the environment pyngrok starts it with (ours), and
+    # pyngrok is never given the token: it would pass `--authtoken TOKEN` on the command line.
+    if settings.ngrok_authtoken:
+        os.environ["NGROK_AUTHTOKEN"] = settings.ngrok_authtoken
     config = conf.PyngrokConfig(
         ngrok_path=agent,
-        auth_token=settings.ngrok_authtoken or os.environ.get("NGROK_AUTHTOKEN"),
-        config_path=str(Path(settings.socket).parent / "ngrok.yml"),
+        config_path=_private_config(Path(settings.socket).parent / "ngrok.yml"),
         monitor_thread=False,
     )
+    config.auth_token = None  # PyngrokConfig copies NGROK_AUTHTOKEN from the environment
     host, port = settings.listen
     try:
         tunnel = ngrok.connect(f"{host}:{port}", "http", pyngrok_config=config)
@@ -35,3 +40,18 @@ def open_public_url(settings: Settings) -> str:
     if not (tunnel.public_url or "").startswith("https://"):
         raise ConfigError(f"the ngrok tunnel gave no https URL ({tunnel.public_url!r})")
     return tunnel.public_url.rstrip("/")
+
+
+def _private_config(path: Path) -> str:
+    """ngrok.yml, owner-only before anything is written to it: it may hold an authtoken."""
+    from pyngrok import installer
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # also an older install's 0644 file
+        empty = os.fstat(fd).st_size == 0
+    finally:
+        os.close(fd)
+    if empty:  # pyngrok only fills a file it creates; it keeps this one's mode when it writes
+        installer.install_default_config(str(path))
+    return str(path)
