@@ -48,6 +48,14 @@ def gate_with(name: str, settings: dict):
     return deployment, per_test
 
 
+def refusal_config(directory, **settings) -> str:
+    """An ssh-auth.conf for a service started only to be refused: its own socket, any port."""
+    lines = {"socket": f"{directory}/s.sock", "listen": "127.0.0.1:0", **settings}
+    path = directory / "ssh-auth.conf"
+    path.write_text("".join(f"{key} = {value}\n" for key, value in lines.items()))
+    return path
+
+
 def start_service(config) -> subprocess.CompletedProcess:
     """Run ssh-auth-server on a config it should refuse; its exit status and stderr."""
     return subprocess.run(

@@ -7,7 +7,7 @@ import time
 import pytest
 import requests
 
-from .conftest_helpers import start_service, write_tru_json
+from .conftest_helpers import refusal_config, start_service, write_tru_json
 from .gate import USERS, Gate, PhoneHolder
 
 ALICE = USERS["sa-alice"]
@@ -113,11 +113,11 @@ def test_service_refuses_credentials_others_can_read(tmp_path):
 
 
 def test_service_refuses_an_audit_log_it_cannot_write(tmp_path, credentials_file):
-    config = tmp_path / "ssh-auth.conf"
-    config.write_text(
-        f"public_url = https://x.example\ncredentials = {credentials_file}\n"
-        f"socket = {tmp_path}/s.sock\nlisten = 127.0.0.1:0\n"
-        f"audit_log = {tmp_path}/no-such-dir/audit.jsonl\n"
+    config = refusal_config(
+        tmp_path,
+        public_url="https://x.example",
+        credentials=credentials_file,
+        audit_log=f"{tmp_path}/no-such-dir/audit.jsonl",
     )
     result = start_service(config)
     assert result.returncode == 2

@@ -10,7 +10,7 @@ import pytest
 from webserver.config import ConfigError, Settings
 from webserver.tunnel import open_public_url
 
-from .conftest_helpers import start_service
+from .conftest_helpers import refusal_config, start_service
 from .emulator_fixture import open_on_phone
 from .gate import USERS, Gate
 
@@ -79,11 +79,8 @@ def test_the_ngrok_tunnel_url_becomes_the_redirect_url(emulator_server, agent):
 
 
 def test_a_missing_agent_is_one_clear_line_at_start(tmp_path, credentials):
-    config = tmp_path / "ssh-auth.conf"
-    config.write_text(
-        f"tunnel = ngrok\nngrok_path = {tmp_path}/no-ngrok\n"
-        f"socket = {tmp_path}/s.sock\nlisten = 127.0.0.1:0\n"
-        f"credentials = {tmp_path}/tru.json\n"
+    config = refusal_config(
+        tmp_path, tunnel="ngrok", ngrok_path=f"{tmp_path}/no-ngrok", credentials=f"{tmp_path}/tru.json"
     )
     result = start_service(config)
     assert result.returncode == 2
