@@ -2,6 +2,7 @@
 
 import socket
 import time
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from flask import Flask, Response, g, jsonify, redirect, render_template, request
 from werkzeug.exceptions import HTTPException
@@ -135,6 +136,19 @@ def create_app(model: Model, signer: Signer, controls: Controls, phone_page: boo
         model.reset()
         controls.reset()
         return jsonify({"reset": True})
+
+    @app.post("/_emulator/sign")
+    def sign_any_url():
+        """A redirect signed for any URL: what another customer gets if the API ever signs a
+        query of their choosing (tests prove the webhook does not depend on it never doing so)."""
+        body = request.get_json(silent=True) or {}
+        url = body.get("url")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise problems.BadRequest("url must be an absolute http(s) URL")
+        parts = urlsplit(url)
+        base = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+        params = dict(parse_qsl(parts.query, keep_blank_values=True))
+        return jsonify({"location": signer.sign_redirect(base, params, model.clock())})
 
     @app.post("/_emulator/rotate-key")
     def rotate_key():

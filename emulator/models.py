@@ -167,9 +167,11 @@ class Model:
                 "phone_number must be E.164 digits without '+', e.g. 447700900123"
             )
         if redirect_url is not None and not (
-            isinstance(redirect_url, str) and redirect_url.startswith(("https://", "http://"))
+            isinstance(redirect_url, str)
+            and redirect_url.startswith(("https://", "http://"))
+            and "#" not in redirect_url  # what follows a '#' would sit outside the signed query
         ):
-            raise problems.BadRequest("redirect_url must be an absolute http(s) URL")
+            raise problems.BadRequest("redirect_url must be an absolute http(s) URL, no fragment")
         check = Check(str(uuid.uuid4()), phone_number, redirect_url or "", self.clock(), self.ttl)
         with self._lock:
             self.checks[check.check_id] = check

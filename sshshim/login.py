@@ -32,6 +32,7 @@ TRAPPED = (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT)
 CLIENT_STREAMS = (1, 2)
 HANGUP = select.POLLERR | select.POLLHUP | select.POLLNVAL
 CLIENT_GONE = "the SSH client went away. Access denied."
+CONNECT_RETRY = 0.02  # seconds between tries while the service's socket queue is full
 
 
 class Denied(Exception):
@@ -114,16 +115,26 @@ def ask(socket_path: str, terminal: Terminal, request: dict) -> None:
 
 
 def _connect(socket_path: str) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(FIRST_REPLY_TIMEOUT)
-    try:
-        sock.connect(socket_path)
-    except (FileNotFoundError, ConnectionRefusedError):
-        sock.close()
-        raise Denied("the ssh-auth service is not running. Access denied.") from None
-    except OSError as error:
-        sock.close()
-        raise Denied(f"cannot reach the ssh-auth service ({error.strerror}). Access denied.") from None
+    deadline = time.monotonic() + FIRST_REPLY_TIMEOUT
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(FIRST_REPLY_TIMEOUT)
+        try:
+            sock.connect(socket_path)
+            break
+        except BlockingIOError:  # the service's queue is full (a flood): wait for room
+            sock.close()
+            if time.monotonic() >= deadline:
+                raise Denied("the ssh-auth service is too busy to answer. Access denied.") from None
+            time.sleep(CONNECT_RETRY)
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            raise Denied("the ssh-auth service is not running. Access denied.") from None
+        except OSError as error:
+            sock.close()
+            raise Denied(
+                f"cannot reach the ssh-auth service ({error.strerror}). Access denied."
+            ) from None
     uid = peer_uid(sock)
     # SECURITY: only root or the service account may decide; anyone else could answer "allow".
     if uid not in _trusted_uids():

@@ -51,6 +51,8 @@ def decode(line: bytes) -> dict:
         message = json.loads(line)
     except (ValueError, UnicodeDecodeError):
         raise ProtocolError("not JSON") from None
+    except RecursionError:  # e.g. 60,000 nested brackets: still just bad input
+        raise ProtocolError("JSON nested too deeply") from None
     if not isinstance(message, dict):
         raise ProtocolError("not a JSON object")
     if message.get("v") != VERSION:

@@ -230,7 +230,8 @@ class Gate:
             "socket": str(self.socket),
             "credentials": str(tru_json),
             "api_base_url": self.emulator.url,
-            "max_checks_per_user": "1000",
+            "max_checks_per_user": "1000",  # limits have tests of their own (test_limits)
+            "max_checks_per_minute": "100000",
             **self.settings,
         }
         text = "".join(f"{k} = {v}\n" for k, v in lines.items() if v is not None)

@@ -303,7 +303,11 @@ def test_tutorial_install_is_migrated_and_uninstall_clears_its_leftovers(target)
     result = ssh_auth("install", "--root", str(root), "--public-url", "https://ssh.example.com")
     assert result.returncode == 0, result.stderr
     assert "moved the API credentials out of /usr/local/bin/tru-id-ssh-auth/tru.json" in result.stdout
+    assert "moved the phone numbers out of /usr/local/bin/tru-id-ssh-auth/tru-id-ssh-auth.conf" in (
+        result.stdout
+    )
     assert not (tutorial / "tru.json").exists()
+    assert not (tutorial / "tru-id-ssh-auth.conf").exists()  # it was readable by everyone
     assert (root / "etc/ssh-auth/tru.json").read_text() == credentials.read_text()
     assert (root / "etc/ssh-auth/tru.json").stat().st_mode & 0o777 == 0o600
     installed = (root / "etc/ssh-auth/ssh-auth.conf").read_text()

@@ -47,7 +47,7 @@ exempt_groups = breakglass
 max_checks_per_user = 9
 connection_reuse_seconds = 0
 require_signature = false
-confirm_on_phone = no
+confirm_on_phone = yes
 number_match = yes
 ttl = 60
 poll_interval = 2.5
@@ -83,6 +83,12 @@ def test_mistakes_are_named(line, message):
     text = BASE + line + "\n" if not line.startswith("public_url") else line + "\n"
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         Settings.parse(text, "/etc/ssh-auth/ssh-auth.conf")
+
+
+def test_number_match_without_the_confirmation_page_is_refused():
+    # Without the page nobody picks the number: it would be shown in the terminal and ignored.
+    with pytest.raises(ConfigError, match="number_match = true needs confirm_on_phone = true"):
+        Settings.parse(BASE + "number_match = true\nconfirm_on_phone = false\n")
 
 
 def test_public_url_is_required_without_a_tunnel():

@@ -234,7 +234,10 @@ def test_stores_forget_what_has_ended(ended_connection):
     for store in (budget, denials, approvals, addresses):
         store.prune()
     sizes = (
-        sum(len(w._events) for w in (budget._per_address, budget._per_uid, budget._service)),
+        sum(
+            len(w._events)
+            for w in (budget._per_place, budget._per_uid, budget._per_uid_minute, budget._service)
+        ),
         len(denials._tokens),
         len(approvals._until),
         len(addresses._address),
@@ -252,13 +255,174 @@ def test_a_process_outside_any_ssh_login_has_no_connection():
     assert of_process(os.getpid(), os.getuid()) is None
 
 
-def test_the_check_budget_counts_per_address_per_uid_and_for_the_service():
+def test_the_check_budget_counts_per_place_per_uid_and_for_the_service():
     clock = Clock()
     budget = CheckBudget(per_address=2, per_minute=100, clock=clock)
     assert [budget.take(1, "10.0.0.1") for _ in range(3)] == [None, None, ("user", 601)]
     assert budget.take(1, "10.0.0.2") is None  # the owner at another address still gets a check
-    for n in range(17):
-        budget.take(1, f"10.1.0.{n}")
-    assert budget.take(1, "10.2.0.1") == ("user", 601)  # 20 per uid: 10 x max_checks_per_user
-    service = CheckBudget(per_address=5, per_minute=3, clock=clock)
-    assert [service.take(n, "10.0.0.1") for n in range(4)][-1] == ("service", 61)
+    for n in range(7):
+        assert budget.take(1, f"10.1.0.{n}") is None
+    assert budget.take(1, "10.2.0.1") == ("user", 61)  # 10 a minute: a tenth of the service's
+    clock.now += 61
+    for n in range(10):
+        assert budget.take(1, f"10.3.0.{n}") is None
+    assert budget.take(1, "10.4.0.1") == ("user", 540)  # 20 per 10 minutes: 10 x max_checks
+    service = CheckBudget(per_address=5, per_minute=30, clock=clock)
+    assert [service.take(n, "10.0.0.1") for n in range(31)][-1] == ("service", 61)
+
+
+def test_a_refusal_after_a_window_emptied_never_breaks_pruning():
+    # A stale window emptied while another limit refuses must not be left behind empty: pruning
+    # used to fail on it, and took the broker's socket loop down with it.
+    clock = Clock()
+    budget = CheckBudget(per_address=5, per_minute=2, clock=clock)
+    assert budget.take(1, "10.0.0.1") is None
+    clock.now += 601  # uid 1's windows have all passed...
+    assert budget.take(2, "10.0.0.2") is None and budget.take(3, "10.0.0.3") is None
+    clock.now += 1  # ...but the service's minute is full
+    assert budget.take(1, "10.0.0.1") == ("service", 60)
+    budget.prune()
+    assert budget.take(1, "10.0.0.1") == ("service", 60)
+
+
+def test_an_accounts_own_place_keeps_its_checks_when_others_use_up_the_account():
+    clock = Clock()
+    budget = CheckBudget(per_address=2, per_minute=60, clock=clock)
+    for n in range(6):  # one account, six places: its share of a minute (60 / 10)
+        assert budget.take(1, f"198.51.100.{n}") is None
+    assert budget.take(1, "198.51.100.9") == ("user", 61)
+    assert budget.take(1, "192.0.2.7", trusted=True) is None  # where its phone approved before
+    assert budget.take(1, "192.0.2.7", trusted=True) is None
+    assert budget.take(1, "192.0.2.7", trusted=True) == ("user", 601)  # its own place's limit
+
+
+def test_ipv6_addresses_of_one_subscriber_share_a_limit():
+    budget = CheckBudget(per_address=2, per_minute=60, clock=Clock())
+    assert budget.take(1, "2001:db8:1:2::1") is None
+    assert budget.take(1, "2001:db8:1:2:ffff::9") is None
+    assert budget.take(1, "2001:db8:1:2:abcd::1") == ("user", 601)  # same /64
+    assert budget.take(1, "2001:db8:1:3::1") is None
+
+
+trusting_deployment, trusting = gate_with(
+    "trusting", {"max_checks_per_user": "2", "max_checks_per_minute": "60"}
+)
+
+
+def test_a_stolen_password_used_elsewhere_cannot_use_up_the_owners_checks(trusting, matrix):
+    owner = trusting.ssh("sa-alice", "echo first")
+    PhoneHolder(ALICE).approve(owner.check_url())
+    assert owner.finish(timeout=30)[:2] == (0, b"first\n")
+    refusals = []
+    for n in range(2, 8):  # the attacker, from six other addresses
+        attacker = trusting.ssh("sa-alice", "true", options=("-o", f"BindAddress=127.0.1.{n}"))
+        found = attacker.wait_for(r"(https?://\S+/redirect)|ssh-auth: (too many.*)", timeout=30)
+        refusals.append(found.group(2))
+        attacker.kill()
+    owner = trusting.ssh("sa-alice", "echo owner-in")  # from the address the phone approved
+    PhoneHolder(ALICE).approve(owner.check_url())
+    finished = owner.finish(timeout=30)
+    expected = "attacker: 5 checks, then too many attempts; the owner's own address: approved, ran"
+    got = (
+        f"attacker: {refusals.count(None)} checks, then "
+        f"{'too many attempts' if (refusals[-1] or '').startswith('too many attempts') else refusals}; "
+        f"the owner's own address: "
+        f"{'approved, ran' if finished[:2] == (0, b'owner-in' + bytes([10])) else finished}"
+    )
+    row = "limits: a stolen password used from 6 addresses, then the owner"
+    assert matrix(row, expected, got) == expected
+
+
+SOCKET_FLOOD = """
+import socket, sys, time
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    s = socket.socket(socket.AF_UNIX)
+    s.setblocking(False)
+    try:
+        s.connect(sys.argv[1])
+    except OSError:
+        pass
+    s.close()
+"""
+
+flooded_deployment, flooded = gate_with("flooded", {"exempt_users": "sa-bob"})
+
+
+def test_a_flood_of_connections_on_the_socket_does_not_turn_logins_away(flooded, scripts, matrix):
+    flood = scripts("connect-flood.py", SOCKET_FLOOD)
+    flooders = [
+        subprocess.Popen(
+            [
+                "runuser",
+                "-u",
+                "sa-carol",
+                "--",
+                "/usr/bin/python3",
+                str(flood),
+                str(flooded.socket),
+                "25",
+            ]
+        )
+        for _ in range(8)
+    ]
+    try:
+        time.sleep(1)
+        results = [flooded.ssh("sa-bob", "echo in").finish(timeout=60)[:2] for _ in range(10)]
+    finally:
+        for flooder in flooders:
+            flooder.kill()
+            flooder.wait()
+    got = f"{sum(result == (0, b'in' + bytes([10])) for result in results)}/10 exempt logins ran"
+    assert matrix(
+        "socket: 8 local processes flood it with connections", "10/10 exempt logins ran", got
+    ) == ("10/10 exempt logins ran")
+
+
+flooded_audit_deployment, flooded_audit = gate_with(
+    "flooded_audit", {"exempt_users": "sa-bob", "audit_log": "/tmp/sa-audit-flooded.jsonl"}
+)
+
+
+def test_claiming_new_addresses_from_inside_a_login_is_still_one_flood(flooded_audit, scripts, matrix):
+    audit = Path("/tmp/sa-audit-flooded.jsonl")
+    audit.unlink(missing_ok=True)
+    try:
+        script = scripts("vary.py", VARYING_CONNECTIONS)
+        session = flooded_audit.ssh("sa-bob", f"/usr/bin/python3 {script} {flooded_audit.socket} 300")
+        status, out, err = session.finish(timeout=120)
+        assert status == 0, err
+        lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    finally:
+        audit.unlink(missing_ok=True)
+    refused = [line for line in lines if line["reason"].startswith("the client address does not")]
+    expected = f"300 refused; at most {DENIAL_BURST + 10} logged, all as 127.0.0.1"
+    got = (
+        f"{json.loads(out).get('the client address does not match this SSH connection. Access denied.')}"
+        f" refused; at most {DENIAL_BURST + 10 if len(refused) <= DENIAL_BURST + 10 else len(refused)}"
+        f" logged, all as {','.join(sorted({line['client'] for line in refused}))}"
+    )
+    row = "audit: 300 login lines claiming other addresses from inside a login"
+    assert matrix(row, expected, got) == expected
+
+
+NESTED = """
+import socket, sys
+for _ in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+    s.sendall(b'{"v":1,"x":' + b"[" * 60000 + b"\\n")
+    s.recv(100)
+    s.close()
+"""
+
+
+def test_deeply_nested_json_is_bad_input_not_a_traceback(gate, scripts, matrix):
+    before = gate.service.log_text()
+    run_as("sa-carol", scripts("nested.py", NESTED), str(gate.socket), "200")
+    log = gate.service.log_text()[len(before) :]
+    tracebacks = log.count("Traceback")
+    warnings = log.count("sent no valid login line: JSON nested too deeply")
+    expected = f"0 tracebacks; at most {DENIAL_BURST} warnings"
+    shown = DENIAL_BURST if warnings <= DENIAL_BURST else warnings
+    got = f"{tracebacks} tracebacks; at most {shown} warnings"
+    assert matrix("socket: 200 lines of 60,000 nested brackets", expected, got) == expected

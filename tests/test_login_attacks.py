@@ -1,7 +1,8 @@
 """Replays, foreign and tampered redirects, forged approvals: refused, and no one else's login moves."""
 
+import base64
 import threading
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import requests
 
@@ -232,3 +233,58 @@ def test_each_redirect_parameter_must_appear_exactly_once(gate, matrix):
     got = f"{statuses}; then the genuine redirect: {ran(finished, b'ok' + NL)}"
     assert matrix("webhook: check_id or code given twice", expected, got) == expected
     assert answers["check_id"].text == "check_id given more than once\n"
+
+
+def test_a_redirect_the_api_signed_for_a_query_of_someone_elses_choosing_is_refused(
+    gate, emulator, matrix
+):
+    # Another customer of the API who got it to sign `our webhook?check_id=<victim>&code=...`
+    # (say, through a quirk of how the API appends its parameters) must still get nowhere: the
+    # redirect lacks the nonce this login's check was created with.
+    session = gate.ssh("sa-alice", "echo ok")
+    url = session.check_url()
+    victim = url.split("/checks/")[1].split("/")[0]
+    forged = emulator.control("sign", {"url": f"{webhook(gate)}?check_id={victim}&code=forged"})
+    answer = requests.get(forged["location"], timeout=10)
+    PhoneHolder(ALICE).approve(url)  # the owner's own phone still gets its page and gets in
+    finished = session.finish()
+    refused = "not made for this login" if "not made for this login" in answer.text else answer.text[:80]
+    expected = "403 the redirect was not made for this login; then the owner: ran"
+    got = f"{answer.status_code} the redirect was {refused}; then the owner: {ran(finished, b'ok' + NL)}"
+    row = "webhook: a signed redirect for the victim's check_id, without its nonce"
+    assert matrix(row, expected, got) == expected
+
+
+def test_a_redirect_url_that_is_not_a_url_is_refused_quietly(gate, matrix):
+    before = gate.service.log_text()
+    broken = {"check_id": "x", "code": "y", "redirect_url": "http://[oops/complete-check?a=b"}
+    answers = [requests.get(webhook(gate), params=broken, timeout=10) for _ in range(100)]
+    log = gate.service.log_text()[len(before) :]
+    statuses = sorted({answer.status_code for answer in answers})
+    malformed = all("the signed redirect is malformed" in answer.text for answer in answers)
+    expected = "100 x [403] the signed redirect is malformed; 0 tracebacks; at most 30 log lines"
+    lines = log.count("refused a redirect")
+    got = (
+        f"100 x {statuses} {'the signed redirect is malformed' if malformed else answers[0].text[:60]}"
+        f"; {log.count('Traceback')} tracebacks; at most {30 if lines <= 30 else lines} log lines"
+    )
+    assert matrix("webhook: 100 redirects whose redirect_url is not a URL", expected, got) == expected
+
+
+def test_words_in_a_refused_redirect_never_appear_on_our_page(gate):
+    lure = "ACCOUNT SUSPENDED. Call IT security on +1 555 0100"
+    authorization = (
+        f'Signature keyId="{lure}",algorithm="rsa-sha256",'
+        'headers="(request-target) host date",signature="AAAA"'
+    )
+    inner = (
+        f"{webhook(gate)}?check_id=x&code=y"
+        f"&authorization={quote(base64.b64encode(authorization.encode()).decode(), safe='')}"
+        f"&date={quote(base64.b64encode(b'Mon, 23 Nov 2026 20:00:00 GMT').decode(), safe='')}"
+    )
+    page = requests.get(
+        webhook(gate), params={"check_id": "x", "code": "y", "redirect_url": inner}, timeout=10
+    )
+    assert page.status_code == 403
+    assert "The sign-in link was refused: the API publishes no key by that name." in page.text
+    assert "SUSPENDED" not in page.text and "555" not in page.text

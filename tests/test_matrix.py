@@ -2,6 +2,7 @@
 
 import base64
 import datetime
+import html
 import http.server
 import ipaddress
 import os
@@ -756,22 +757,35 @@ def test_an_unreadable_registry_denies_even_under_unregistered_allow(open_door, 
     assert "create" not in emulator.calls()
 
 
-def test_control_and_bidi_characters_from_outside_are_stripped(secure, matrix, emulator):
+def test_control_and_bidi_characters_are_shown_as_escapes_never_sent(secure, matrix, emulator):
     marker = f"/tmp/sa-ran-{uuid.uuid4().hex}"
     hostile = "\x1b]0;owned\x07\x1b[2J\u202e\u2066"  # title, clear screen, bidi overrides
     session = secure.ssh("sa-alice", f"true '{hostile}'; touch {marker}")
     holder = PhoneHolder(ALICE)
     page = holder.scan(session.check_url())
     on_page = [f"U+{ord(c):04X}" for c in "\x1b\x07\u202e\u2066" if c in page.text]
+    shown = html.unescape(re.search(r'<dd class="command">(.*?)</dd>', page.text, re.S).group(1))
     holder.phone.answer(page, "deny")
     outcome(session, marker)
     in_log = [f"U+{ord(c):04X}" for c in "\x1b\x07\u202e\u2066" if c in secure.service.log_text()]
-    expected = "page clean, log clean; the command is shown as: true ']0;owned[2J'"
-    got = (
-        f"page {on_page or 'clean'}, log {in_log or 'clean'}; the command is shown as: "
-        f"{'true ' + chr(39) + ']0;owned[2J' + chr(39) if ']0;owned[2J' in page.text else page.text}"
+    expected = (
+        "page clean, log clean; the command is shown as: "
+        "true '\\x1b]0;owned\\x07\\x1b[2J\\u202e\\u2066'; touch /tmp/sa-ran-…"
     )
+    shown = shown.replace(marker, "/tmp/sa-ran-…")
+    got = f"page {on_page or 'clean'}, log {in_log or 'clean'}; the command is shown as: {shown}"
     assert matrix("output: control and bidi characters in the command", expected, got) == expected
+
+
+def test_a_command_too_long_to_show_on_the_phone_is_refused(secure, matrix, emulator):
+    marker = f"/tmp/sa-ran-{uuid.uuid4().hex}"
+    session = secure.ssh("sa-alice", "uptime" + " " * 4100 + f"; touch {marker}")
+    expected = denied(
+        f"the command is too long to show on the phone ({4100 + 6 + 8 + len(marker)} characters; "
+        "at most 4096). Access denied."
+    )
+    got = matrix("output: a command too long to show on the phone", expected, outcome(session, marker))
+    assert got == expected and "create" not in emulator.calls()
 
 
 def test_allow_once_lets_in_until_it_expires(secure, matrix, emulator):

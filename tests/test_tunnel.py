@@ -1,6 +1,7 @@
-"""The public URL: as configured, or learned from an ngrok tunnel (pyngrok) — never downloaded."""
+"""The public URL: as configured, or from an ngrok agent we start: no local API, token private."""
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from webserver.config import ConfigError, Settings
-from webserver.tunnel import open_public_url
+from webserver.tunnel import AGENT_CONFIG, open_tunnel
 
 from .conftest_helpers import refusal_config, start_service
 from .emulator_fixture import open_on_phone
@@ -48,9 +49,7 @@ print(json.dumps(report))
 def test_public_url_is_the_redirect_url(gate):
     session = gate.ssh("sa-alice", "true")
     redirect = open_on_phone(session.check_url(), sim=USERS["sa-alice"])
-    assert redirect["location"].startswith(
-        f"http://127.0.0.1:{gate.webhook_port}/complete-check?check_id="
-    )
+    assert redirect["location"].startswith(f"http://127.0.0.1:{gate.webhook_port}/complete-check?login=")
 
 
 @pytest.fixture
@@ -58,10 +57,7 @@ def agent(tmp_path):
     path = tmp_path / "ngrok"
     shutil.copy(FAKE_AGENT, path)
     path.chmod(0o755)
-    yield path
-    from pyngrok import process
-
-    process.kill_process(str(path))
+    return path
 
 
 def tunnel_settings(agent: Path) -> dict:
@@ -69,13 +65,34 @@ def tunnel_settings(agent: Path) -> dict:
     return {"public_url": None, "tunnel": "ngrok", "ngrok_path": str(agent)}
 
 
+def agent_pid(agent: Path) -> int:
+    found = subprocess.run(["pgrep", "-f", str(agent)], capture_output=True, text=True)
+    pids = found.stdout.split()
+    assert len(pids) == 1, pids
+    return int(pids[0])
+
+
 def test_the_ngrok_tunnel_url_becomes_the_redirect_url(emulator_server, agent):
     settings = {**tunnel_settings(agent), "ngrok_authtoken": TOKEN}
     with Gate(emulator_server, settings=settings, users={"sa-alice": USERS["sa-alice"]}) as gate:
         session = gate.ssh("sa-alice", "true")
         redirect = open_on_phone(session.check_url(), sim=USERS["sa-alice"])
-        assert redirect["location"].startswith(f"{TUNNEL_URL}/complete-check?check_id=")
+        assert redirect["location"].startswith(f"{TUNNEL_URL}/complete-check?login=")
         assert f"public URL {TUNNEL_URL}" in gate.service.log_text()
+
+
+def test_the_agent_serves_no_local_api_for_other_users_to_read_or_steer(emulator_server, agent):
+    # ngrok's local API has no authentication: through it any local user could read every
+    # phone's redirect (check id, code, page token) and move or delete the tunnel.
+    settings = {**tunnel_settings(agent), "ngrok_authtoken": TOKEN}
+    with Gate(emulator_server, settings=settings, users={"sa-alice": USERS["sa-alice"]}) as gate:
+        pid = agent_pid(agent)
+        listening = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True).stdout
+        agent_sockets = [line for line in listening.splitlines() if f"pid={pid}," in line]
+        ngrok_yml = (gate.socket.parent / "ngrok.yml").read_text()
+    assert agent_sockets == []
+    assert re.search(r"(?m)^  web_addr: false$", ngrok_yml)
+    assert re.search(r"(?m)^  inspect_db_size: -1$", ngrok_yml)
 
 
 def test_a_missing_agent_is_one_clear_line_at_start(tmp_path, credentials):
@@ -91,21 +108,15 @@ def test_a_missing_agent_is_one_clear_line_at_start(tmp_path, credentials):
     )
 
 
-def test_no_download_is_ever_tried(monkeypatch, tmp_path, agent):
-    """pyngrok downloads an agent from the internet when ngrok_path is missing: never."""
-    monkeypatch.setenv("NGROK_AUTHTOKEN", TOKEN)
-    import pyngrok.installer
-
-    def download(*args, **kwargs):
-        raise AssertionError("pyngrok tried to install an agent")
-
-    monkeypatch.setattr(pyngrok.installer, "install_ngrok", download)
-    monkeypatch.setattr(pyngrok.installer, "_install_ngrok_archive", download)
-    monkeypatch.setattr(pyngrok.installer, "_download_file", download)
-    base = {"tunnel": "ngrok", "socket": str(tmp_path / "s.sock"), "config_path": "x"}
-    assert open_public_url(Settings(**base, ngrok_path=str(agent))) == TUNNEL_URL
-    with pytest.raises(ConfigError, match="no ngrok agent at"):
-        open_public_url(Settings(**base, ngrok_path=str(tmp_path / "absent")))
+def test_an_agent_without_a_token_is_one_clear_line_at_start(monkeypatch, tmp_path, agent):
+    monkeypatch.delenv("NGROK_AUTHTOKEN", raising=False)
+    settings = Settings(tunnel="ngrok", ngrok_path=str(agent), socket=str(tmp_path / "s.sock"))
+    with pytest.raises(ConfigError) as refused:
+        open_tunnel(settings)
+    assert str(refused.value) == (
+        "the ngrok tunnel did not start: authentication failed: Usage of ngrok requires a verified "
+        "account and authtoken. ERR_NGROK_4018"
+    )
 
 
 def test_a_configured_public_url_means_no_tunnel(agent, tmp_path):
@@ -115,7 +126,7 @@ def test_a_configured_public_url_means_no_tunnel(agent, tmp_path):
         ngrok_path=str(agent),
         socket=str(tmp_path / "s.sock"),
     )
-    assert open_public_url(settings) == "https://ssh.example.com"
+    assert open_tunnel(settings) is None
 
 
 def scan_proc_as(user: str, agent: Path) -> dict:
@@ -141,30 +152,33 @@ def test_no_local_user_can_read_the_ngrok_authtoken(emulator_server, agent, monk
         settings["ngrok_authtoken"] = TOKEN
     with Gate(emulator_server, settings=settings, users={"sa-alice": USERS["sa-alice"]}) as gate:
         report = scan_proc_as("sa-alice", agent)
-        log = gate.service.log_text()
+        environ = Path(f"/proc/{agent_pid(agent)}/environ").read_bytes().split(b"\0")
         ngrok_yml = gate.socket.parent / "ngrok.yml"
         mode = ngrok_yml.stat().st_mode & 0o777
         ngrok_yml_text = ngrok_yml.read_text()
+        log = gate.service.log_text()
     assert report["with_token"] == []
     assert len(report["agent"]) == 1, report  # the scan did see the running agent
     assert report["cmdlines"] > 10
     assert report["agent_environ"] == ["PermissionError"]
-    assert 'msg="authtoken found" source=environment' in log
+    assert f"NGROK_AUTHTOKEN={TOKEN}".encode() in environ  # how the agent got it
     assert TOKEN not in log
     assert (oct(mode), TOKEN in ngrok_yml_text) == ("0o600", False)
 
 
 @pytest.mark.parametrize("before", [None, 0o644], ids=["created", "older-0644-file"])
-def test_ngrok_yml_is_owner_only(monkeypatch, tmp_path, agent, before):
-    """ngrok.yml may hold the authtoken (`ngrok config add-authtoken`): 0600 before any write."""
-    monkeypatch.delenv("NGROK_AUTHTOKEN", raising=False)
+def test_ngrok_yml_is_owner_only_and_ours(monkeypatch, tmp_path, agent, before):
+    """ngrok.yml may hold an authtoken (`ngrok config add-authtoken`): 0600, and our settings."""
+    monkeypatch.setenv("NGROK_AUTHTOKEN", TOKEN)
     ngrok_yml = tmp_path / "ngrok.yml"
-    if before is None:
-        monkeypatch.setenv("NGROK_AUTHTOKEN", TOKEN)
-    else:  # an older install's world-readable file, holding the token itself
+    if before is not None:  # an older install's world-readable file, holding the token itself
         ngrok_yml.write_text(f'version: "3"\nagent:\n  authtoken: {TOKEN}\n')
         ngrok_yml.chmod(before)
-    base = {"tunnel": "ngrok", "socket": str(tmp_path / "s.sock"), "config_path": "x"}
-    assert open_public_url(Settings(**base, ngrok_path=str(agent))) == TUNNEL_URL
+    settings = Settings(tunnel="ngrok", ngrok_path=str(agent), socket=str(tmp_path / "s.sock"))
+    tunnel = open_tunnel(settings)
+    try:
+        assert tunnel.public_url == TUNNEL_URL
+    finally:
+        tunnel.close()
     assert oct(ngrok_yml.stat().st_mode & 0o777) == "0o600"
-    assert (TOKEN in ngrok_yml.read_text()) == (before is not None)
+    assert ngrok_yml.read_text() == AGENT_CONFIG

@@ -10,7 +10,7 @@ import sys
 import threading
 
 from .config import DEFAULT_CONFIG, ConfigError, Settings, load_credentials
-from .tunnel import open_public_url
+from .tunnel import open_tunnel
 
 
 def build(settings: Settings, poll_only: bool = False):
@@ -58,9 +58,24 @@ MAX_REQUEST_BODY_SIZE = 64 * 1024  # the app refuses bodies past 16 KiB; never s
 
 def serve(settings: Settings, poll_only: bool = False) -> None:
     """Run until SIGTERM/SIGINT: the broker in a thread, the webhook (waitress) in this one."""
+
+    def stop(number, frame):
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    tunnel = open_tunnel(settings)
+    try:
+        if tunnel:
+            settings = dataclasses.replace(settings, public_url=tunnel.public_url)
+        _serve(settings, poll_only)
+    finally:
+        if tunnel:
+            tunnel.close()
+
+
+def _serve(settings: Settings, poll_only: bool) -> None:
     import waitress
 
-    settings = dataclasses.replace(settings, public_url=open_public_url(settings))
     broker, app = build(settings, poll_only)
     broker.bind()  # before any thread starts: the socket's umask cannot race another file
     host, port = settings.listen
@@ -81,10 +96,6 @@ def serve(settings: Settings, poll_only: bool = False) -> None:
     broker_thread = threading.Thread(target=broker.serve_forever, name="broker", daemon=True)
     broker_thread.start()
 
-    def stop(number, frame):
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, stop)
     log = logging.getLogger("ssh-auth")
     log.info(
         "webhook listening on http://%s:%s, public URL %s",

@@ -1,15 +1,20 @@
 """create_app(settings, broker, ...): the Flask webhook, its blueprint, headers and error pages."""
 
+import logging
 import socket
 from dataclasses import dataclass
 
 from flask import Flask
+from werkzeug.exceptions import HTTPException
 
+from .audit import LogLimit
 from .config import Settings
 from .logins import PendingLogins
 from .phonecheck import PhoneCheckClient
 from .signature import RedirectVerifier
 
+log = logging.getLogger("ssh-auth.webhook")
+limit = LogLimit(per_minute=10)
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",  # the URL holds the check's code
@@ -53,10 +58,15 @@ def create_app(
         response.headers.update(SECURITY_HEADERS)
         return response
 
-    @app.errorhandler(404)
-    @app.errorhandler(405)
-    @app.errorhandler(413)
+    @app.errorhandler(HTTPException)
     def plain_error(error):
         return f"{error.code} {error.name}\n", error.code, {"Content-Type": "text/plain"}
+
+    @app.errorhandler(Exception)
+    def internal_error(error):
+        skipped = limit("exception")  # anyone on the internet could repeat a request that fails
+        if skipped is not None:
+            log.exception("webhook request failed (%d more not logged)", skipped)
+        return "500 Internal Server Error\n", 500, {"Content-Type": "text/plain"}
 
     return app

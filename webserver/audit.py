@@ -35,6 +35,30 @@ class Decision:
     duration: float
 
 
+class LogLimit:
+    """At most `per_minute` lines of each kind a minute; the rest counted, their number given
+    with the next line that is written (so a flood of requests cannot flood the log)."""
+
+    def __init__(self, per_minute: int = 30, clock=time.monotonic):
+        self.per_minute, self.clock = per_minute, clock
+        self._lock = threading.Lock()
+        self._minute = 0
+        self._written: dict[str, int] = {}
+        self._skipped: dict[str, int] = {}
+
+    def __call__(self, kind: str) -> int | None:
+        """None: skip this line; else how many lines of this kind were skipped before it."""
+        with self._lock:
+            minute = int(self.clock() // 60)
+            if minute != self._minute:
+                self._minute, self._written = minute, {}
+            if self._written.get(kind, 0) >= self.per_minute:
+                self._skipped[kind] = self._skipped.get(kind, 0) + 1
+                return None
+            self._written[kind] = self._written.get(kind, 0) + 1
+            return self._skipped.pop(kind, 0)
+
+
 class Audit:
     """Writes each decision once; the JSON file is reopened per line so logrotate just works."""
 

@@ -32,7 +32,7 @@ from . import qr, reasons
 from .audit import SUPPRESSED, Audit, Decision, clean
 from .config import Settings
 from .connection import SshConnection
-from .logins import Login, PendingLogins, Verdict, deny
+from .logins import Login, PendingLogins, Verdict, deny, new_nonce
 from .phonecheck import ApiUnreachable, PhoneCheckClient, PhoneCheckError
 from .policy import (
     DENIAL_BURST,
@@ -40,6 +40,7 @@ from .policy import (
     CheckBudget,
     ConnectionAddresses,
     Denials,
+    TrustedPlaces,
     Waiting,
     is_exempt,
     is_sftp_session,
@@ -52,7 +53,7 @@ CREATE_BUDGET = FIRST_REPLY_TIMEOUT - 2  # token + create must end before the sh
 FIRST_POLL_DELAY = 10.0  # a phone that answers within this costs no GET at all
 STATUS_EVERY = 10.0
 HOUSEKEEPING_EVERY = 10.0  # pruning of per-login state, summaries of refused floods
-MAX_COMMAND = 4096  # characters of a command kept to show on the phone and log
+MAX_COMMAND = 4096  # characters of a command the phone can show; a longer one is refused
 NO_ROOM_FOR_QR = "(No room for a QR code in this terminal: open the URL below on the phone.)"
 LOCAL = "local"  # the address of a caller outside any SSH connection
 # Waiting at once: connections that have not sent their line yet, per uid; logins per
@@ -104,9 +105,11 @@ class Broker:
         self.denials = Denials()
         self.budget = CheckBudget(settings.max_checks_per_user, settings.max_checks_per_minute)
         self.approvals = Approvals()
+        self.trusted = TrustedPlaces()
         self.addresses = ConnectionAddresses()
         self.waiting = Waiting(LIMITS)
         self._housekept = time.monotonic()
+        self._stopping = False
         self._server: socketserver.UnixStreamServer | None = None
 
     # --- the socket -----------------------------------------------------------------------
@@ -124,7 +127,7 @@ class Broker:
 
         class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             daemon_threads = True
-            request_queue_size = 256
+            request_queue_size = 4096  # a full queue makes a connect fail at once (EAGAIN)
 
             def server_bind(self):
                 old = os.umask(0o111)  # bound before any other thread starts: nothing races
@@ -139,13 +142,26 @@ class Broker:
         self._server = Server(path, Handler)
 
     def serve_forever(self) -> None:
-        """Serve logins on the bound socket until shutdown()."""
+        """Serve logins on the bound socket until shutdown(); if it ever fails, end the process.
+
+        A dead broker behind a live webhook would deny every login while /healthz says ok and
+        systemd sees nothing wrong: better to exit and be restarted.
+        """
         if self._server is None:
             self.bind()
-        self._server.serve_forever(poll_interval=0.5)
+        try:
+            self._server.serve_forever(poll_interval=0.5)
+        except BaseException:
+            log.exception("the broker failed")
+        finally:
+            if not self._stopping:
+                log.critical("the broker stopped: exiting so that the service is restarted")
+                logging.shutdown()
+                os._exit(1)
 
     def shutdown(self) -> None:
         """Stop accepting logins."""
+        self._stopping = True
         if self._server:
             self._server.shutdown()
             self._server.server_close()
@@ -156,9 +172,12 @@ class Broker:
         if time.monotonic() - self._housekept < HOUSEKEEPING_EVERY:
             return
         self._housekept = time.monotonic()
-        for store in (self.denials, self.budget, self.approvals, self.addresses):
-            store.prune()
-        self._summarise()
+        try:
+            for store in (self.denials, self.budget, self.approvals, self.addresses, self.trusted):
+                store.prune()
+            self._summarise()
+        except Exception:  # never let housekeeping take the socket's loop down with it
+            log.exception("housekeeping failed")
 
     def _summarise(self, final: bool = False) -> None:
         for (uid, address), count, seconds in self.denials.summaries(final):
@@ -176,7 +195,8 @@ class Broker:
             if request is not None:
                 self._serve_login(sock, pid, uid, request, started)
         except Exception:
-            log.exception("login from uid %d failed", uid)
+            if self.denials.loggable((uid, LOCAL)):  # a bug one caller can trigger: not a flood
+                log.exception("login from uid %d failed", uid)
             self._send_verdict(sock, deny(reasons.INTERNAL, "error"))
         finally:
             self.waiting.release({"total": None})
@@ -215,9 +235,10 @@ class Broker:
                     check_id, verdict = self._decide(sock, caller)
                 finally:
                     self.waiting.release(keys)
-        reuse = self.settings.connection_reuse_seconds
-        if verdict.outcome == "allowed" and caller.connection and reuse:
-            self.approvals.remember(uid, caller.connection, reuse)
+        if verdict.outcome == "allowed" and caller.connection:
+            self.trusted.remember(uid, address)
+            if self.settings.connection_reuse_seconds:
+                self.approvals.remember(uid, caller.connection, self.settings.connection_reuse_seconds)
         # A denial without a check costs the caller nothing: a flood of them is summarised.
         if not verdict.allow and check_id is None and not self.denials.loggable((uid, address)):
             return self._send_verdict(sock, verdict)
@@ -231,8 +252,7 @@ class Broker:
             return None, deny(reasons.UNKNOWN_UID)
         if not _valid_request(request):
             return None, deny(reasons.MALFORMED)
-        command = request.get("command")
-        command = None if command is None else clean(command)[:MAX_COMMAND]
+        command = request.get("command")  # shown on the phone exactly, never cut or cleaned
         if request["op"] == OP_VERIFY:
             # Root asks for a check on a number before registering it (ssh-auth register-user).
             if uid != 0:
@@ -244,8 +264,9 @@ class Broker:
         address = connections.client_address(request.get("connection"))
         if address is None:
             return None, deny(reasons.MALFORMED)
-        caller = Caller(uid, entry.pw_gid, entry.pw_name, connection, address, command, request)
-        if not self.addresses.bind(connection, address):
+        bound = self.addresses.bind(connection, address)
+        caller = Caller(uid, entry.pw_gid, entry.pw_name, connection, bound, command, request)
+        if bound != address:  # logged and limited under the address sshd gave, not the claim
             return caller, deny(reasons.ADDRESS_CHANGED)
         return caller, None
 
@@ -294,7 +315,13 @@ class Broker:
         """Create the check, show it, wait for its verdict."""
         if not self.settings.public_url:
             return None, deny(reasons.NO_PUBLIC_URL, "error")
-        over = self.budget.take(caller.uid, caller.address)
+        if caller.command and len(caller.command) > MAX_COMMAND:
+            # SECURITY: the person approves what the phone shows: nothing may run unseen.
+            line = reasons.COMMAND_TOO_LONG.format(length=len(caller.command), limit=MAX_COMMAND)
+            return None, deny(line)
+        over = self.budget.take(
+            caller.uid, caller.address, self.trusted.trusted(caller.uid, caller.address)
+        )
         if over:
             which, seconds = over
             line = reasons.TOO_MANY_ATTEMPTS if which == "user" else reasons.TOO_MANY_CHECKS
@@ -309,8 +336,12 @@ class Broker:
 
     def _start_check(self, sock, caller: Caller, phone: str) -> tuple[Login | None, Verdict | None]:
         """Create the check and send the challenge; or the verdict that it could not start."""
+        # SECURITY: the redirect must echo this login's own nonce: a signature the API made for
+        # another customer's check (whose redirect_url they chose) can never match it.
+        nonce = new_nonce()
+        redirect_url = f"{self.settings.webhook_url}?login={nonce}"
         try:
-            check = self.client.create_check(phone, self.settings.webhook_url, within=CREATE_BUDGET)
+            check = self.client.create_check(phone, redirect_url, within=CREATE_BUDGET)
         except ApiUnreachable as error:
             log.error("creating a check for %s: %s", caller.user, error)
             # SECURITY: the only fail-open path: opt-in, at creation only, and only when the API
@@ -340,6 +371,7 @@ class Broker:
             [str(c) for c in choices],
             time.monotonic(),
             time.monotonic() + ttl,
+            nonce,
         )
         self.logins.add(login)
         self._send(sock, self._challenge(caller.request, check, number, ttl))

@@ -203,6 +203,11 @@ class Settings:
                 "host: the API's answers decide who logs in. Use https, or set "
                 "insecure_api_base_url = true (a development stack only)"
             )
+        if self.number_match and not self.confirm_on_phone:
+            raise ConfigError(
+                f"{self.config_path}: number_match = true needs confirm_on_phone = true "
+                "(the number is picked on the confirmation page)"
+            )
         if self.tunnel == "ngrok" and not self.ngrok_path:
             raise ConfigError(
                 f"{self.config_path}: tunnel = ngrok needs ngrok_path (the agent is never downloaded)"

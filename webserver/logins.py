@@ -41,12 +41,18 @@ class Login:
     choices: list[str]
     created: float
     deadline: float
+    nonce: str = ""  # in the redirect_url this check was created with; the redirect must echo it
     page_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     device: bytes | None = None  # hash of the cookie of the first browser that opened the page
     code: str | None = None
     claimed: bool = False
     verdict: Verdict | None = None
     wake: tuple[int, int] = field(default_factory=os.pipe)
+
+
+def new_nonce() -> str:
+    """A login's own value for its redirect_url (128 bits, URL-safe)."""
+    return secrets.token_urlsafe(16)
 
 
 def device_hash(cookie: str) -> bytes:

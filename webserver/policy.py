@@ -4,6 +4,7 @@ Every store here is pruned (prune() runs from the broker's loop), so no caller c
 bound: a key falls away when its window has passed or its SSH connection has ended.
 """
 
+import ipaddress
 import threading
 import time
 from collections import defaultdict, deque
@@ -13,6 +14,8 @@ from .connection import SshConnection
 
 RATE_WINDOW = 600.0  # max_checks_per_user counts check creations in this window
 PER_UID_FACTOR = 10  # one account, from all its addresses: this many times max_checks_per_user
+SERVICE_SHARE = 10  # one account may start at most 1/10 of max_checks_per_minute in a minute
+TRUST_SECONDS = 30 * 86400  # a place where the phone approved an account is trusted this long
 DENIAL_BURST = 60  # denials per uid and address logged one by one before they are summarised...
 DENIALS_PER_SECOND = 1.0  # ...and the rate at which single lines come back
 SUMMARY_EVERY = 60.0  # seconds between summary lines for denials not logged one by one
@@ -54,10 +57,11 @@ class SlidingWindow:
     def wait(self, key: Hashable, now: float) -> float:
         """Seconds until the key may have another event (0: now)."""
         events = self._events.get(key)
-        if not events:
-            return 0.0
         while events and events[0] <= now - self.window:
             events.popleft()
+        if not events:
+            self._events.pop(key, None)  # never leave an empty window behind
+            return 0.0
         return 0.0 if len(events) < self.limit else events[0] + self.window - now
 
     def add(self, key: Hashable, now: float) -> None:
@@ -66,42 +70,89 @@ class SlidingWindow:
 
     def prune(self, now: float) -> None:
         """Forget keys with no event in the window."""
-        for key in [k for k, events in self._events.items() if events[-1] <= now - self.window]:
+        stale = now - self.window
+        for key in [k for k, events in self._events.items() if not events or events[-1] <= stale]:
             del self._events[key]
 
 
+def place(address: str) -> str:
+    """Where a client is, for limits: its IPv4 address, or its IPv6 /64 (one subscriber's)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # "local": no address at all
+    prefix = 64 if ip.version == 6 else 32
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
 class CheckBudget:
-    """Check creations per (uid, address), per uid, and per minute for the whole service."""
+    """Check creations per (uid, place), per uid, per uid a minute, and for the whole service.
+
+    A place where the phone approved this account recently (`trusted`) keeps only its own limit:
+    someone holding the account's password elsewhere cannot use up the owner's checks, nor can a
+    few accounts use up everyone's.
+    """
 
     def __init__(self, per_address: int, per_minute: int, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
         self._lock = threading.Lock()
-        self._per_address = SlidingWindow(per_address, RATE_WINDOW)
+        self._per_place = SlidingWindow(per_address, RATE_WINDOW)
         self._per_uid = SlidingWindow(per_address * PER_UID_FACTOR, RATE_WINDOW)
+        self._per_uid_minute = SlidingWindow(max(1, per_minute // SERVICE_SHARE), 60.0)
         self._service = SlidingWindow(per_minute, 60.0)
 
-    def take(self, uid: int, address: str) -> tuple[str, int] | None:
+    def take(self, uid: int, address: str, trusted: bool = False) -> tuple[str, int] | None:
         """Count a check creation; or ("user" | "service", seconds to wait) if over a limit."""
         now = self.clock()
+        where = (uid, place(address))
+        limits = [("user", self._per_place, where)]
+        if not trusted:
+            limits += [
+                ("user", self._per_uid, uid),
+                ("user", self._per_uid_minute, uid),
+                ("service", self._service, None),
+            ]
         with self._lock:
-            waits = {
-                "user": max(self._per_address.wait((uid, address), now), self._per_uid.wait(uid, now)),
-                "service": self._service.wait(None, now),
-            }
-            for which, wait in waits.items():
+            for which, window, key in limits:
+                wait = window.wait(key, now)
                 if wait > 0:
                     return which, int(wait) + 1
-            self._per_address.add((uid, address), now)
-            self._per_uid.add(uid, now)
-            self._service.add(None, now)
+            for _, window, key in limits:
+                window.add(key, now)
         return None
 
     def prune(self) -> None:
         """Forget windows that have passed."""
         now = self.clock()
         with self._lock:
-            for window in (self._per_address, self._per_uid, self._service):
+            for window in (self._per_place, self._per_uid, self._per_uid_minute, self._service):
                 window.prune(now)
+
+
+class TrustedPlaces:
+    """(uid, place) pairs where the phone approved a login recently: the owner's own places."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._until: dict[tuple[int, str], float] = {}
+
+    def remember(self, uid: int, address: str) -> None:
+        """The phone approved this account's login from this address."""
+        with self._lock:
+            self._until[(uid, place(address))] = self.clock() + TRUST_SECONDS
+
+    def trusted(self, uid: int, address: str) -> bool:
+        """Whether the phone approved this account from this place within TRUST_SECONDS."""
+        with self._lock:
+            return self._until.get((uid, place(address)), 0.0) > self.clock()
+
+    def prune(self) -> None:
+        """Forget places not approved for TRUST_SECONDS."""
+        now = self.clock()
+        with self._lock:
+            for key in [k for k, until in self._until.items() if until <= now]:
+                del self._until[key]
 
 
 class Denials:
@@ -195,10 +246,10 @@ class ConnectionAddresses:
         self._lock = threading.Lock()
         self._address: dict[SshConnection, str] = {}
 
-    def bind(self, connection: SshConnection, address: str) -> bool:
-        """Record the connection's address, or check a later login gives the same one."""
+    def bind(self, connection: SshConnection, address: str) -> str:
+        """The connection's address: the one its first login gave (a later one must match it)."""
         with self._lock:
-            return self._address.setdefault(connection, address) == address
+            return self._address.setdefault(connection, address)
 
     def prune(self) -> None:
         """Forget connections that have ended."""

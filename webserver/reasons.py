@@ -27,6 +27,9 @@ API_BUSY = "the phone check service is busy; try again in {seconds} s. Access de
 PATCH_FAILED = "the phone check could not be completed ({detail}). Access denied."
 COMPLETED_ELSEWHERE = "the phone check was completed outside this service. Access denied."
 MALFORMED = "the login request was malformed. Access denied."
+COMMAND_TOO_LONG = (
+    "the command is too long to show on the phone ({length} characters; at most {limit}). Access denied."
+)
 NOT_SSH = "this request does not come from an SSH login. Access denied."
 ADDRESS_CHANGED = "the client address does not match this SSH connection. Access denied."
 UNKNOWN_UID = "this account is not in the password database. Access denied."
@@ -60,3 +63,22 @@ NETWORK_OTHER = (
 def network_error(code: str | None) -> str:
     """The fixed line for a mobile network error code (unknown codes share one line)."""
     return NETWORK_ERRORS.get(code or "", NETWORK_OTHER)
+
+
+# What the phone's page says when a redirect is refused: one fixed sentence per reason, never
+# text from the request (a crafted link would otherwise put its words on our domain).
+SIGNATURE_REFUSALS = {
+    "missing": "the redirect carries no signature",
+    "damaged": "the signed redirect was damaged in transit",
+    "malformed": "the signed redirect is malformed",
+    "duplicate": "a parameter appears more than once",
+    "algorithm": "the redirect is not signed with rsa-sha256",
+    "headers": "the signature does not cover what it must",
+    "unknown_key": "the API publishes no key by that name",
+    "bad_signature": "the redirect's signature is not valid",
+    "stale_date": "the redirect's signed date is more than 300 s from now",
+    "wrong_url": "the redirect was signed for another webhook",
+    "mismatch": "check_id or code differ from what the API signed",
+    "jwks_unavailable": "the API's signing keys could not be fetched",
+    "not_this_login": "the redirect was not made for this login",
+}

@@ -30,7 +30,8 @@ class SignatureError(Exception):
         self.reason = reason
 
 
-REDIRECT_PARAMETERS = ("check_id", "code", "error", "error_description")
+REDIRECT_PARAMETERS = ("login", "check_id", "code", "error", "error_description")
+# `login` is ours: a per-login nonce in the redirect_url we give the API, echoed in the redirect.
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class VerifiedRedirect:
     check_id: str
     code: str | None = None
     error: str | None = None
+    login: str | None = None  # the nonce of the login this redirect was made for
 
 
 class JwksCache:
@@ -96,6 +98,12 @@ class RedirectVerifier:
 
     def verify(self, args: Mapping[str, str]) -> VerifiedRedirect:
         """Verify the outer query's signed `redirect_url`; raise SignatureError with the reason."""
+        try:
+            return self._verify(args)
+        except ValueError:  # a URL urlsplit cannot take apart, e.g. an unclosed IPv6 bracket
+            raise SignatureError("malformed", "the signed redirect is not a URL") from None
+
+    def _verify(self, args: Mapping[str, str]) -> VerifiedRedirect:
         outer = {name: _single(args, name) for name in (*REDIRECT_PARAMETERS, "redirect_url")}
         signed_url = outer["redirect_url"]
         if not signed_url:
@@ -139,7 +147,9 @@ class RedirectVerifier:
         inner = _signed_parameters(kept)
         if any(inner.get(name) != outer[name] for name in REDIRECT_PARAMETERS):
             raise SignatureError("mismatch", "check_id or code differ from what the API signed")
-        return VerifiedRedirect(inner["check_id"], inner.get("code"), inner.get("error"))
+        return VerifiedRedirect(
+            inner["check_id"], inner.get("code"), inner.get("error"), inner.get("login")
+        )
 
     def _check_date(self, date: str) -> None:
         try:
@@ -173,6 +183,8 @@ def _signed_parameters(kept: list[str]) -> dict[str, str]:
         if name in inner:
             raise SignatureError("duplicate", f"the signed redirect carries {name} more than once")
         inner[name] = value
+    if set(inner) - set(REDIRECT_PARAMETERS):
+        raise SignatureError("malformed", "the signed redirect carries unknown parameters")
     if not inner.get("check_id") or bool(inner.get("code")) == bool(inner.get("error")):
         raise SignatureError("malformed", "the signed redirect needs check_id and a code or an error")
     return inner

@@ -208,9 +208,10 @@ class Installer:
         credentials = self._credentials(options)
         if credentials is not None:
             changes.append(Change(CREDENTIALS, credentials, 0o600, SERVICE_USER, SERVICE_USER))
-        tutorial_secret = f"{TUTORIAL_DIR}/tru.json"
-        if self.read(tutorial_secret) is not None:
-            changes.append(Change(tutorial_secret, None))
+        # The tutorial's files are world-readable: its secret and everyone's phone numbers.
+        for leftover in (f"{TUTORIAL_DIR}/tru.json", f"{TUTORIAL_DIR}/tru-id-ssh-auth.conf"):
+            if self.read(leftover) is not None:
+                changes.append(Change(leftover, None))
         changes.append(Change(SHIM, shim_archive(), 0o644))
         server = Path(sys.prefix) / "bin" / "ssh-auth-server"
         changes.append(Change(UNIT, UNIT_TEMPLATE.format(server=server).encode(), 0o644))
@@ -320,6 +321,11 @@ class Installer:
             self.say(
                 f"moved the API credentials out of /{TUTORIAL_DIR}/tru.json (readable by "
                 f"every user) to /{CREDENTIALS} (mode 0600, owner {SERVICE_USER})"
+            )
+        if any(c.path == f"{TUTORIAL_DIR}/tru-id-ssh-auth.conf" for c in todo):
+            self.say(
+                f"moved the phone numbers out of /{TUTORIAL_DIR}/tru-id-ssh-auth.conf (readable "
+                f"by every user) to /{CONFIG} (mode 0640, group {SERVICE_USER})"
             )
         self.say(
             "next: systemctl daemon-reload && systemctl enable --now ssh-auth, "

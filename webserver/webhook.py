@@ -2,23 +2,38 @@
 
 import hmac
 import logging
+import re
 import secrets
+import unicodedata
 
 from flask import Blueprint, current_app, make_response, render_template, request
 
+from sshshim.protocol import UNSAFE_CATEGORIES
+
 from . import reasons
-from .audit import clean
+from .audit import LogLimit, clean
 from .logins import Login, Verdict, deny, device_hash
 from .phonecheck import PhoneCheckError
 from .signature import REDIRECT_PARAMETERS, SignatureError, VerifiedRedirect
 
 log = logging.getLogger("ssh-auth.webhook")
 bp = Blueprint("webhook", __name__)
+limit = LogLimit()  # every line here can be caused by anyone on the internet
+
+
+def _warn(kind: str, message: str, *args) -> None:
+    """A warning, at most LogLimit's lines of this kind a minute (the rest counted)."""
+    skipped = limit(kind)
+    if skipped is not None:
+        suffix = f" ({skipped} more like it not logged)" if skipped else ""
+        log.warning(message + suffix, *args)
+
 
 # The browser that first opens a confirmation page gets this cookie; only it may answer the page
 # (a second viewer of the same URL, e.g. someone shoulder-surfing a shared link, cannot).
 DEVICE_COOKIE = "ssh_auth_device"
 FORM_FIELDS = ("check_id", "token", "action", "pick")
+SPACE_RUN = re.compile(r" {4,}")  # shown as a count: a wide gap could push a payload off screen
 ENDED = (
     "This login has ended",
     "It was already approved or denied, it expired, or the SSH client left.",
@@ -37,6 +52,31 @@ def _ctx():
 
 def _page(title: str, message: str, status: int, ok: bool = False, advice: str = ""):
     return render_template("result.html", title=title, message=message, advice=advice, ok=ok), status
+
+
+def shown_command(command: str | None) -> str:
+    """The command as it will run, every character visible: invisible ones as escapes (\\x1b,
+    \\n, \\u202e), runs of spaces counted, so that nothing can hide behind what is shown."""
+    if command is None:
+        return "interactive shell"
+    text = "".join(
+        c
+        if c == " " or (c.isprintable() and unicodedata.category(c) not in UNSAFE_CATEGORIES)
+        else c.encode("unicode_escape").decode("ascii")
+        for c in command
+    )
+    return SPACE_RUN.sub(lambda run: f" ⟨{len(run.group(0))} spaces⟩ ", text)
+
+
+def _refused(reason: str):
+    """The page for a refused redirect: a fixed sentence, never words from the request."""
+    sentence = reasons.SIGNATURE_REFUSALS.get(reason, "it could not be verified")
+    return _page(
+        "This link could not be verified",
+        f"The sign-in link was refused: {sentence}.",
+        403,
+        advice="Scan the QR code in your terminal again.",
+    )
 
 
 def _plain(text: str, status: int):
@@ -61,16 +101,17 @@ def phone_arrives():
         try:
             redirect = ctx.verifier.verify(args)
         except SignatureError as error:
-            log.warning("refused a redirect for %s: %s", clean(args["check_id"])[:64], error)
-            return _page(
-                "This link could not be verified",
-                f"The sign-in link was refused: {error}.",
-                403,
-                advice="Scan the QR code in your terminal again.",
-            )
+            _warn("refused", "refused a redirect for %s: %s", clean(args["check_id"])[:64], error)
+            return _refused(error.reason)
     else:
-        redirect = VerifiedRedirect(args["check_id"], args.get("code"), args.get("error"))
+        redirect = VerifiedRedirect(
+            args["check_id"], args.get("code"), args.get("error"), args.get("login")
+        )
     login = ctx.logins.pending(redirect.check_id)
+    if login and not hmac.compare_digest(redirect.login or "", login.nonce):
+        # Signed by the API, but not for the redirect_url this login was created with.
+        _warn("refused", "refused a redirect for %s: not made for this login", login.check_id)
+        return _refused("not_this_login")
     if redirect.error:
         return _network_failed(ctx, login, redirect.error)
     if login is None:  # never created here, or already finished: no API call for it
@@ -86,7 +127,7 @@ def phone_arrives():
         return _complete(ctx, login)
     device = request.cookies.get(DEVICE_COOKIE) or secrets.token_urlsafe(32)
     if not ctx.logins.bind_device(login, device):
-        log.warning("check %s was opened on a second device", login.check_id)
+        _warn("second device", "check %s was opened on a second device", login.check_id)
         return _page(
             "Opened on another device",
             "This sign-in was already opened on another device; only that one can answer it.",
@@ -95,7 +136,11 @@ def phone_arrives():
         )
     page = make_response(
         render_template(
-            "confirm.html", login=login, host=ctx.hostname, number_match=ctx.settings.number_match
+            "confirm.html",
+            login=login,
+            command=shown_command(login.command),
+            host=ctx.hostname,
+            number_match=ctx.settings.number_match,
         )
     )
     page.set_cookie(
@@ -122,7 +167,7 @@ def person_answers():
     same_device = login.device is not None and hmac.compare_digest(login.device, device_hash(cookie))
     token_ok = hmac.compare_digest(form.get("token", "").encode(), login.page_token.encode())
     if login.code is None or not (same_device and token_ok):
-        log.warning("refused a POST for %s without the page's token and device", login.check_id)
+        _warn("post", "refused a POST for %s without the page's token and device", login.check_id)
         return _page(
             "Not accepted",
             "This confirmation is not valid for this login.",
@@ -193,7 +238,8 @@ def _finish_without_patch(ctx, login: Login, reason: str, title: str, message: s
 
 def _network_failed(ctx, login: Login | None, code: str):
     """The network's failure redirect ends the waiting login with the fixed line for its code."""
-    log.info("network error %s for check %s", clean(code)[:64], login.check_id if login else "-")
+    if limit("network error") is not None:
+        log.info("network error %s for check %s", clean(code)[:64], login.check_id if login else "-")
     if login and ctx.logins.claim(login.check_id):
         ctx.logins.finish(login.check_id, deny(reasons.network_error(code)))
     return _page(
