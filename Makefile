@@ -9,10 +9,10 @@ STAMP  := $(VENV)/.installed
 .PHONY: bench demo demo-interactive test lint format shim system-packages system-packages-demo clean
 
 demo: $(STAMP) system-packages-demo shim
-	$(BIN)/python -m tests.demo
+	$(BIN)/python -m harness.demo
 
 demo-interactive: $(STAMP) system-packages-demo shim
-	$(BIN)/python -m tests.demo --interactive
+	$(BIN)/python -m harness.demo --interactive
 
 test: $(STAMP) system-packages shim lint
 	$(BIN)/pytest
@@ -29,8 +29,8 @@ shim: $(SHIM)
 
 # The one shim builder (the installer uses it too): deterministic bytes, an entry stub that
 # refuses a system Python older than 3.9 in one line.
-$(SHIM): $(wildcard sshshim/*.py) webserver/shim_build.py
-	$(PYTHON) -m webserver.shim_build $(SHIM)
+$(SHIM): $(wildcard sshshim/*.py) webserver/admin/shim_build.py
+	$(PYTHON) -m webserver.admin.shim_build $(SHIM)
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -6,10 +6,8 @@ BIN=${SSH_AUTH_BIN:-/opt/ssh-auth/bin}
 CONFIG=${SSH_AUTH_CONFIG:-/etc/ssh-auth/ssh-auth.conf}
 RUN_AS=${SSH_AUTH_RUN_AS:-ssh-auth}
 
-setting() {  # replace KEY's line in the config, keeping the file's owner and mode
-    grep -v "^[[:space:]]*$1[[:space:]]*=" "$CONFIG" > "$CONFIG.new" || true
-    printf '%s = %s\n' "$1" "$2" >> "$CONFIG.new"
-    cat "$CONFIG.new" > "$CONFIG" && rm -f "$CONFIG.new"
+setting() {  # one setting, checked and written atomically by the admin command
+    "$BIN/ssh-auth" config set --config "$CONFIG" "$1" "$2" >/dev/null
 }
 [ -z "${API_BASE_URL:-}" ] || setting api_base_url "$API_BASE_URL"
 [ -z "${PUBLIC_URL:-}" ] || setting public_url "$PUBLIC_URL"

@@ -46,14 +46,6 @@ class CheckNotFound(Problem):
     status, title, kind = 404, "Not Found", "check_not_found"
 
 
-class NotFound(Problem):
-    status, title, kind = 404, "Not Found", "not_found"
-
-
-class MethodNotAllowed(Problem):
-    status, title, kind = 405, "Method Not Allowed", "method_not_allowed"
-
-
 class UnsupportedMediaType(Problem):
     status, title, kind = 415, "Unsupported Media Type", "unsupported_media_type"
 

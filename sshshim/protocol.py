@@ -28,6 +28,10 @@ FIRST_LINE_TIMEOUT = 5.0  # the service's wait for the shim's login line: a tota
 UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 
+# The text around the QR, shared so the service can leave it room when it sizes the QR.
+HEADER = "ssh-auth: confirm this login with your phone (Wi-Fi off, mobile data on):"
+
+
 class ProtocolError(Exception):
     """The peer broke the protocol: closed, bad JSON, over-long line, wrong version or shape."""
 
@@ -35,6 +39,24 @@ class ProtocolError(Exception):
 def clean(text) -> str:
     """Text from outside with control and format characters removed (newlines kept)."""
     return "".join(c for c in str(text) if c == "\n" or unicodedata.category(c) not in UNSAFE_CATEGORIES)
+
+
+def text_below(check_url: str, number) -> list[str]:
+    """The lines printed under the QR."""
+    lines = [f"Or open on the phone: {clean(check_url)}"]
+    if number:
+        lines.append(f"When the phone asks, pick the number {clean(number)}.")
+    return lines
+
+
+def rows_of(lines: list[str], columns: int) -> int:
+    """Terminal rows these lines take once wrapped."""
+    return sum(max(1, -(-len(line) // max(1, columns))) for line in lines)
+
+
+def rows_reserved(check_url: str, number, columns: int) -> int:
+    """Rows the shim's text takes around the QR: header, URL, number and countdown lines."""
+    return rows_of([HEADER, *text_below(check_url, number)], columns) + 1
 
 
 def encode(message: dict) -> bytes:

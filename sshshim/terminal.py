@@ -6,28 +6,9 @@ import os
 import sys
 import time
 
-from .protocol import clean
+from .protocol import HEADER, clean, rows_of, text_below
 
 PLAIN_STATUS_EVERY = 30  # seconds between "still waiting" lines when there is no tty
-HEADER = "ssh-auth: confirm this login with your phone (Wi-Fi off, mobile data on):"
-
-
-def text_below(check_url: str, number) -> list[str]:
-    """The lines printed under the QR."""
-    lines = [f"Or open on the phone: {clean(check_url)}"]
-    if number:
-        lines.append(f"When the phone asks, pick the number {clean(number)}.")
-    return lines
-
-
-def rows_of(lines: list[str], columns: int) -> int:
-    """Terminal rows these lines take once wrapped."""
-    return sum(max(1, -(-len(line) // max(1, columns))) for line in lines)
-
-
-def rows_reserved(check_url: str, number, columns: int) -> int:
-    """Rows the shim's text takes around the QR: header, URL, number and countdown lines."""
-    return rows_of([HEADER, *text_below(check_url, number)], columns) + 1
 
 
 def _environment_as_sshd_set_it() -> dict[str, str]:

@@ -1,14 +1,27 @@
-"""Fixtures shared by every test: the emulator server and an API client pointed at it."""
+"""Wires the loopback harness into pytest: the emulator, deployments by settings, temporary roots,
+the attack/fault matrix, and a machine left as it was found."""
 
 import pytest
 
+from harness.accounts import Ledger
+from harness.deployment import SHIM_BUILD, Deployments
+from harness.emulator import Emulator, write_tru_json
+from harness.server_root import debian_root
+from harness.server_root import default_host_keys as host_keys
+from webserver.admin.shim_build import write
 from webserver.config import load_credentials
 from webserver.phonecheck import PhoneCheckClient
 
-from .conftest_helpers import write_tru_json
-from .emulator_fixture import Emulator
-
 MATRIX: list[tuple[str, str, str]] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def machine_as_found():
+    """Every account, group and process a run adds is gone when it ends, also on failure."""
+    ledger = Ledger()
+    yield
+    removed_users, removed_groups = ledger.restore()
+    assert ledger.added() == ([], []), f"left behind after removing {removed_users, removed_groups}"
 
 
 @pytest.fixture
@@ -38,10 +51,6 @@ def pytest_terminal_summary(terminalreporter):
 @pytest.fixture(scope="session", autouse=True)
 def shim_zipapp():
     """The shim exactly as deployed, from the one builder at every run (never a stale zipapp)."""
-    from webserver.shim_build import write
-
-    from .gate import SHIM_BUILD
-
     write(str(SHIM_BUILD))
 
 
@@ -68,18 +77,25 @@ def client(emulator, credentials):
 
 
 @pytest.fixture(scope="session")
-def gate_server(emulator_server):
-    """The default deployment: emulator + service + real sshd, shared by the login tests."""
-    from .gate import Gate
+def deployments(emulator_server):
+    """Deployments (emulator + service + real sshd) by settings, each started once for the run."""
+    shared = Deployments(emulator_server)
+    yield shared
+    shared.close()
 
-    with Gate(emulator_server) as gate:
-        yield gate
+
+@pytest.fixture(autouse=True)
+def clients_ended(request):
+    """After each test, no ssh client it started is left running against a shared deployment."""
+    yield
+    if "deployments" in request.fixturenames:
+        request.getfixturevalue("deployments").end_sessions()
 
 
 @pytest.fixture
-def gate(gate_server, emulator):
-    yield gate_server
-    gate_server.end_sessions()
+def gate(deployments, emulator):
+    """The default deployment, shared by the login tests."""
+    return deployments.get()
 
 
 @pytest.fixture
@@ -92,3 +108,17 @@ def private_emulator(tmp_path):
 @pytest.fixture
 def private_client(private_emulator, credentials):
     return PhoneCheckClient(credentials, private_emulator.url, timeout=(1.0, 1.5))
+
+
+@pytest.fixture
+def target(tmp_path):
+    """A temporary root that looks like a Debian server: (root, tru.json, ssh-auth.conf)."""
+    with debian_root(tmp_path) as found:
+        yield found
+
+
+@pytest.fixture
+def default_host_keys():
+    """sshd's default host keys, made if missing and removed again."""
+    with host_keys():
+        yield

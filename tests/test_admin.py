@@ -1,31 +1,35 @@
 """Administration against a temporary root: install, uninstall, migration, users, real sshd -t/-T."""
 
 import base64
-import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from webserver.sshd_install import Installer, InstallError, InstallOptions
+from harness.accounts import client_key, ensure_user
+from harness.emulator import VENV_BIN
+from harness.people import PhoneHolder
+from harness.processes import free_port, run, send_through
+from harness.server_root import (
+    accounts_aside,
+    changed,
+    install,
+    installed_sshd,
+    ownership,
+    service_ids,
+    snapshot,
+    ssh_auth,
+    sshd_T,
+)
+from webserver.admin.install import Installer, InstallOptions
+from webserver.admin.sshd import Sshd
+from webserver.errors import InstallError
 
-from .conftest_helpers import gate_with
-from .emulator_fixture import VENV_BIN
-from .gate import PhoneHolder, client_key, ensure_user, run, ssh_client_options
-from .processes import ServerProcess, free_port
-from .test_matrix import _through
-
-SHADOW_TOOLS_LEFTOVERS = {"etc/passwd-", "etc/group-", "etc/shadow-", "etc/gshadow-", "etc/.pwd.lock"}
-ACCOUNTS = ("etc/passwd", "etc/group", "etc/shadow", "etc/gshadow")
 TUTORIAL_FORCE = "ForceCommand /usr/local/bin/tru-id-ssh-auth/ssh-auth create-check\n"
 FORCED = (
     "/usr/bin/python3 -I /usr/local/lib/ssh-auth/shim.pyz create-check "
@@ -35,119 +39,6 @@ BYPASS_ADVICE = (
     " (sshd takes a keyword's first value, and a Match block's over the global one; "
     "change your sshd configuration and install again)\n"
 )
-
-
-def ssh_auth(*argv, check=False):
-    return subprocess.run(
-        [str(VENV_BIN / "ssh-auth"), *argv], capture_output=True, text=True, check=check, timeout=60
-    )
-
-
-@pytest.fixture
-def target(tmp_path):
-    """A root directory that looks like a Debian server: sshd_config with an Include, accounts."""
-    root = Path(tempfile.mkdtemp(prefix="sa-root-", dir="/tmp"))
-    (root / "etc/ssh/sshd_config.d").mkdir(parents=True)
-    for name in ("passwd", "group", "shadow", "gshadow", "login.defs"):
-        shutil.copy2(f"/etc/{name}", root / "etc" / name)
-    run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "etc/ssh/host_key"))
-    (root / "etc/ssh/sshd_config").write_text(
-        "Include /etc/ssh/sshd_config.d/*.conf\n"
-        f"HostKey {root}/etc/ssh/host_key\nUsePAM no\nPasswordAuthentication no\n"
-        "Subsystem sftp /usr/lib/openssh/sftp-server\n"
-    )
-    credentials = tmp_path / "tru.json"
-    credentials.write_text(
-        json.dumps({"credentials": [{"client_id": "id", "client_secret": "s"}], "data_residency": "eu"})
-    )
-    credentials.chmod(0o600)
-    config = tmp_path / "ssh-auth.conf"
-    config.write_text("# settings\npublic_url = https://ssh.example.com\nuser=root:447700900123\n")
-    yield root, credentials, config
-    shutil.rmtree(root, ignore_errors=True)
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every file's bytes (as a hash), but our backups and the shadow tools' own backups."""
-    files = {}
-    for path in root.rglob("*"):
-        relative = str(path.relative_to(root))
-        if (
-            path.is_file()
-            and not relative.startswith("var/backups/")
-            and relative not in SHADOW_TOOLS_LEFTOVERS
-        ):
-            files[relative] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return files
-
-
-def accounts_aside(root: Path, files: dict[str, str]) -> dict[str, str]:
-    """A snapshot without the account files (a refused install may have made the service user)."""
-    return {k: v for k, v in files.items() if k not in ACCOUNTS}
-
-
-def sshd_T(root: Path, spec: str) -> dict[str, str]:
-    """sshd's own effective settings for a login (`sshd -T -C`), Include paths under the root."""
-    text = (root / "etc/ssh/sshd_config").read_text()
-    text = re.sub(r"(?im)^(\s*Include\s+)/", lambda m: m.group(1) + f"{root}/", text)
-    with tempfile.NamedTemporaryFile("w", prefix="sa-sshd-", suffix=".conf") as config:
-        config.write(text)
-        config.flush()
-        result = run("/usr/sbin/sshd", "-T", "-f", config.name, "-C", spec)
-    settings: dict[str, str] = {}
-    for line in result.stdout.splitlines():
-        key, _, value = line.partition(" ")
-        settings[key] = f"{settings[key]} {value}" if key in settings else value
-    return settings
-
-
-def changed(before: dict[str, str], after: dict[str, str]) -> dict[str, tuple]:
-    """Every setting whose effective value differs: key -> (before, after)."""
-    keys = sorted(set(before) | set(after))
-    return {k: (before.get(k), after.get(k)) for k in keys if before.get(k) != after.get(k)}
-
-
-def ownership(path: Path) -> tuple[int, int, int]:
-    """(mode, uid, gid) of a file."""
-    info = path.stat()
-    return info.st_mode & 0o7777, info.st_uid, info.st_gid
-
-
-def service_ids(root: Path) -> tuple[int, int]:
-    """The uid and gid of the service user in the root's passwd."""
-    passwd = (root / "etc/passwd").read_text()
-    line = next(line for line in passwd.splitlines() if line.startswith("ssh-auth:"))
-    return int(line.split(":")[2]), int(line.split(":")[3])
-
-
-@pytest.fixture
-def default_host_keys():
-    """sshd's default host keys (an sshd_config without HostKey uses them); made if missing."""
-    made = [
-        f"/etc/ssh/ssh_host_{kind}_key"
-        for kind in ("rsa", "ecdsa", "ed25519")
-        if not os.path.exists(f"/etc/ssh/ssh_host_{kind}_key")
-    ]
-    if made:
-        run("ssh-keygen", "-A")
-    yield
-    for key in made:
-        for path in (key, key + ".pub"):
-            if os.path.exists(path):
-                os.unlink(path)
-
-
-def install(root, credentials, config, *extra):
-    return ssh_auth(
-        "install",
-        "--root",
-        str(root),
-        "--credentials",
-        str(credentials),
-        "--config",
-        str(config),
-        *extra,
-    )
 
 
 def test_install_writes_every_file_with_its_owner_and_mode(target):
@@ -175,12 +66,12 @@ def test_install_writes_every_file_with_its_owner_and_mode(target):
         "Restart=on-failure",
     ):
         assert setting in unit
-    installer = Installer(str(root), say=lambda _: None)
-    assert installer.effective("192.0.2.1")["forcecommand"] == (
+    sshd = Sshd(root)
+    assert sshd.effective("192.0.2.1")["forcecommand"] == (
         "/usr/bin/python3 -I /usr/local/lib/ssh-auth/shim.pyz create-check "
         "--socket /run/ssh-auth/ssh-auth.sock"
     )
-    assert installer.effective("192.0.2.1")["disableforwarding"] == "yes"
+    assert sshd.effective("192.0.2.1")["disableforwarding"] == "yes"
     shim = subprocess.run(
         [
             "/usr/bin/python3",
@@ -318,34 +209,6 @@ def test_tutorial_install_is_migrated_and_uninstall_clears_its_leftovers(target)
     assert (tutorial / "tru.json").read_text() == credentials.read_text()  # given back
 
 
-@contextmanager
-def installed_sshd(root: Path, tmp_path: Path):
-    """A real sshd on the root's installed sshd_config: yields its port, ssh argv, ssh(), log()."""
-    tested = tmp_path / "sshd_config"  # the installed config, its Include pointed into the root
-    tested.write_text(
-        (root / "etc/ssh/sshd_config").read_text().replace("Include /etc/", f"Include {root}/etc/")
-    )
-    port = free_port()
-    os.makedirs("/run/sshd", exist_ok=True)
-    argv = ["/usr/sbin/sshd", "-D", "-e", "-f", str(tested)]
-    for option in (
-        f"Port={port}",
-        "ListenAddress=127.0.0.1",
-        f"PidFile={tmp_path}/sshd.pid",
-        "LogLevel=VERBOSE",
-    ):
-        argv += ["-o", option]
-    base = ["ssh", "-p", str(port), *ssh_client_options(client_key())]
-
-    def ssh(*args):
-        return subprocess.run(
-            [*base, *args], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL
-        )
-
-    with ServerProcess(argv, tmp_path / "sshd.log", ready=lambda _: ssh_keyscan(port)) as sshd:
-        yield SimpleNamespace(port=port, base=base, ssh=ssh, log=sshd.log_text)
-
-
 def test_the_installed_drop_in_gates_logins_and_refuses_forwarding(target, tmp_path):
     root, credentials, config = target
     assert install(root, credentials, config, "--exempt-network", "127.0.0.2/32").returncode == 0
@@ -374,7 +237,7 @@ def test_the_installed_drop_in_gates_logins_and_refuses_forwarding(target, tmp_p
             )
             time.sleep(1)
             socks = bytes([4, 1]) + port.to_bytes(2, "big") + bytes([127, 0, 0, 1, 0])
-            probes[flag] = _through(local, socks if flag == "-D" else b"SSH-2.0-probe\r\n")
+            probes[flag] = send_through(local, socks if flag == "-D" else b"SSH-2.0-probe\r\n")
             client.kill()
             client.wait()
         log = server.log()
@@ -717,13 +580,6 @@ def test_the_installed_unit_is_hardened_and_systemd_analyze_verify_accepts_it(ta
     assert "Failed to parse protect home value, ignoring: sometimes" in caught.stderr
 
 
-def ssh_keyscan(port: int) -> bool:
-    return (
-        subprocess.run(["ssh-keyscan", "-p", str(port), "127.0.0.1"], capture_output=True).returncode
-        == 0
-    )
-
-
 # --- register-user, unregister-user, list-users, allow-once -----------------------------------
 
 
@@ -818,7 +674,10 @@ def test_installer_errors_are_one_line(target):
         Installer(str(root), say=lambda _: None).install(InstallOptions(str(root)))
 
 
-verify_deployment, verify_gate = gate_with("verify_gate", {})
+@pytest.fixture
+def verify_gate(deployments, emulator):
+    """The default deployment."""
+    return deployments.get({})
 
 
 @pytest.mark.parametrize(
@@ -850,3 +709,64 @@ def test_register_user_verify_runs_a_real_check_first(verify_gate, sim, status, 
         assert err.splitlines()[-1].endswith("Not registered.")
         assert verify_gate.config.read_text() == before
     verify_gate.config.write_text(before)
+
+
+# --- config set -------------------------------------------------------------------------------
+
+
+def test_config_set_changes_one_setting_atomically_and_keeps_the_rest(registry):
+    registry.chmod(0o640)
+    before = registry.read_text()
+    result = ssh_auth("config", "set", "--config", str(registry), "ttl", "90")
+    assert (result.returncode, result.stdout) == (0, "ttl = 90\n")
+    assert registry.read_text() == before + "ttl = 90\n"
+    again = ssh_auth("config", "set", "--config", str(registry), "ttl", "60")
+    assert again.stdout == "ttl = 60\n" and registry.read_text() == before + "ttl = 60\n"
+    assert ssh_auth("config", "set", "--config", str(registry), "ttl", "60").stdout == (
+        "ttl is already 60\n"
+    )
+    assert oct(registry.stat().st_mode & 0o777) == "0o640"
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("colour", "blue", "ssh-auth: unknown setting 'colour' (see docs/configuration.md)"),
+        ("ttl", "soon", "ssh-auth: ttl must be a number"),
+        ("poll_interval", "nan", "ssh-auth: poll_interval must be a finite number"),
+        (
+            "api_base_url",
+            "http://emulator:8081",
+            "is plain HTTP to another host: the API's answers decide who logs in.",
+        ),
+        ("public_url", "https://x.example\nuser=evil:447700900999", "public_url: a value is one line"),
+    ],
+)
+def test_config_set_refuses_what_would_not_work_and_changes_nothing(registry, key, value, message):
+    before = registry.read_bytes()
+    result = ssh_auth("config", "set", "--config", str(registry), key, value)
+    assert result.returncode == 2 and message in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert registry.read_bytes() == before
+
+
+def test_install_admin_registers_the_administrator_it_names(target):
+    root, credentials, _ = target
+    result = ssh_auth(
+        "install",
+        "--root",
+        str(root),
+        "--credentials",
+        str(credentials),
+        "--public-url",
+        "https://ssh.example.com",
+        "--admin",
+        "root:+44 7700 900123",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "user=root:447700900123\n" in (root / "etc/ssh-auth/ssh-auth.conf").read_text()
+    refused = ssh_auth("install", "--root", str(root), "--admin", "nosuchuser:+447700900123")
+    assert (refused.returncode, refused.stderr) == (
+        1,
+        "ssh-auth: --admin: no such user on this machine: nosuchuser\n",
+    )

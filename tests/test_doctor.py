@@ -11,16 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from webserver.sshd_install import render_dropin
-
-from .processes import free_port
-from .test_admin import (  # noqa: F401 - the temporary root and sshd's default host keys
-    default_host_keys,
-    install,
-    service_ids,
-    ssh_auth,
-    target,
-)
+from harness.processes import free_port
+from harness.server_root import install, service_ids, ssh_auth
+from webserver.admin.dropin import render_dropin
 
 
 @pytest.fixture

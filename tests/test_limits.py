@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.deployment import USERS, Gate
+from harness.people import PhoneHolder
 from webserver.connection import SshConnection, of_process
 from webserver.policy import (
     DENIAL_BURST,
@@ -21,9 +23,6 @@ from webserver.policy import (
     ConnectionAddresses,
     Denials,
 )
-
-from .conftest_helpers import gate_with
-from .gate import USERS, Gate, PhoneHolder
 
 ALICE = USERS["sa-alice"]
 
@@ -77,7 +76,10 @@ def run_as(user: str, script: Path, *args: str, timeout: float = 120) -> str:
     return result.stdout
 
 
-capped_deployment, capped = gate_with("capped", {"max_checks_per_user": "3"})
+@pytest.fixture
+def capped(deployments, emulator):
+    """The shared deployment with {"max_checks_per_user": "3"}."""
+    return deployments.get({"max_checks_per_user": "3"})
 
 
 def test_a_local_user_varying_the_connection_text_creates_no_check(capped, emulator, matrix, scripts):
@@ -304,9 +306,10 @@ def test_ipv6_addresses_of_one_subscriber_share_a_limit():
     assert budget.take(1, "2001:db8:1:3::1") is None
 
 
-trusting_deployment, trusting = gate_with(
-    "trusting", {"max_checks_per_user": "2", "max_checks_per_minute": "60"}
-)
+@pytest.fixture
+def trusting(deployments, emulator):
+    """The shared deployment with {"max_checks_per_user": "2", "max_checks_per_minute": "60"}."""
+    return deployments.get({"max_checks_per_user": "2", "max_checks_per_minute": "60"})
 
 
 def test_a_stolen_password_used_elsewhere_cannot_use_up_the_owners_checks(trusting, matrix):
@@ -346,7 +349,11 @@ while time.monotonic() < end:
     s.close()
 """
 
-flooded_deployment, flooded = gate_with("flooded", {"exempt_users": "sa-bob"})
+
+@pytest.fixture
+def flooded(deployments, emulator):
+    """The shared deployment with {"exempt_users": "sa-bob"}."""
+    return deployments.get({"exempt_users": "sa-bob"})
 
 
 def test_a_flood_of_connections_on_the_socket_does_not_turn_logins_away(flooded, scripts, matrix):
@@ -379,9 +386,10 @@ def test_a_flood_of_connections_on_the_socket_does_not_turn_logins_away(flooded,
     ) == ("10/10 exempt logins ran")
 
 
-flooded_audit_deployment, flooded_audit = gate_with(
-    "flooded_audit", {"exempt_users": "sa-bob", "audit_log": "/tmp/sa-audit-flooded.jsonl"}
-)
+@pytest.fixture
+def flooded_audit(deployments, emulator):
+    """A deployment that exempts sa-bob and writes an audit log."""
+    return deployments.get({"exempt_users": "sa-bob", "audit_log": "/tmp/sa-audit-flooded.jsonl"})
 
 
 def test_claiming_new_addresses_from_inside_a_login_is_still_one_flood(flooded_audit, scripts, matrix):

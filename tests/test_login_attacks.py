@@ -2,14 +2,14 @@
 
 import base64
 import threading
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import requests
 
+from harness.deployment import USERS
+from harness.emulator import open_on_phone
+from harness.people import PhoneHolder
 from webserver.phonecheck import PhoneCheckClient
-
-from .emulator_fixture import open_on_phone
-from .gate import USERS, PhoneHolder
 
 ALICE, BOB = USERS["sa-alice"], USERS["sa-bob"]
 NL = b"\n"
@@ -23,17 +23,6 @@ def approve_normally(gate, session, sim=ALICE):
     page = PhoneHolder(sim).approve(session.check_url())
     assert "Approved" in page.text
     return session.finish()
-
-
-def test_approving_twice_is_already_used(gate, emulator):
-    session = gate.ssh("sa-alice", "echo ok")
-    holder = PhoneHolder(ALICE)
-    page = holder.scan(session.check_url())
-    assert holder.phone.answer(page, "approve").status_code == 200
-    again = holder.phone.answer(page, "approve")
-    assert again.status_code == 409 and "already approved" in again.text
-    assert session.finish()[:2] == (0, b"ok\n")
-    assert emulator.calls()["patch"] == 1
 
 
 def test_two_approvals_at_once_only_one_wins(gate, emulator):
@@ -56,25 +45,6 @@ def test_two_approvals_at_once_only_one_wins(gate, emulator):
     assert session.finish()[:2] == (0, b"ok\n")
 
 
-def test_a_page_token_cannot_approve_another_users_login(gate):
-    alice = gate.ssh("sa-alice", "echo alice-ran")
-    bob = gate.ssh("sa-bob", "echo bob")
-    alice_phone, bob_phone = PhoneHolder(ALICE), PhoneHolder(BOB)
-    alice_page = alice_phone.scan(alice.check_url())
-    bob_url = bob.check_url()
-    bob_page = bob_phone.scan(bob_url)
-    bob_check = bob_url.split("/checks/")[1].split("/")[0]
-    token = alice_page.text.split('name="token" value="')[1].split('"')[0]
-    forged = requests.post(
-        webhook(gate), data={"check_id": bob_check, "token": token, "action": "approve"}, timeout=10
-    )
-    assert forged.status_code == 403 and "not valid for this login" in forged.text
-    assert bob_phone.phone.answer(bob_page, "approve").status_code == 200
-    assert bob.finish()[:2] == (0, b"bob\n")
-    alice_phone.phone.answer(alice_page, "deny")
-    assert alice.finish()[:2] == (1, b"")
-
-
 def test_a_post_without_the_page_token_is_refused_and_the_login_goes_on(gate):
     session = gate.ssh("sa-alice", "echo ok")
     holder = PhoneHolder(ALICE)
@@ -88,44 +58,6 @@ def test_a_post_without_the_page_token_is_refused_and_the_login_goes_on(gate):
         assert refused.status_code == 403
     assert holder.phone.answer(page, "approve").status_code == 200
     assert session.finish()[:2] == (0, b"ok\n")
-
-
-def test_tampered_redirects_are_refused_and_the_login_goes_on(gate, emulator):
-    session = gate.ssh("sa-alice", "echo ok")
-    redirect = open_on_phone(session.check_url(), sim=ALICE)
-    base = {k: redirect[k] for k in ("check_id", "code", "redirect_url")}
-    cases = [
-        ({**base, "code": "0" * 32}, 403, "check_id or code differ"),
-        ({"check_id": base["check_id"], "code": base["code"]}, 403, "carries no signature"),
-        (
-            {**base, "redirect_url": base["redirect_url"].replace("check_id=", "check_id=x")},
-            403,
-            "signature is not valid",
-        ),
-        ({"check_id": base["check_id"]}, 400, "missing check_id or code"),
-    ]
-    for params, status, words in cases:
-        answer = requests.get(webhook(gate), params=params, timeout=10)
-        assert (answer.status_code, words in answer.text) == (status, True), params
-    assert emulator.calls().get("patch") is None
-    holder = PhoneHolder(ALICE)
-    page = holder.phone.session.get(redirect["location"], timeout=10)
-    assert "Approve this SSH login?" in page.text
-    assert holder.phone.answer(page, "approve").status_code == 200
-    assert session.finish()[:2] == (0, b"ok\n")
-
-
-def test_a_redirect_signed_for_another_webhook_is_refused(gate, emulator, credentials):
-    session = gate.ssh("sa-alice", "echo ran")
-    session.check_url()
-    attacker = PhoneCheckClient(credentials, emulator.url)
-    check = attacker.create_check(ALICE, "https://attacker.example.test/complete-check")
-    redirect = open_on_phone(check.check_url, sim=ALICE)
-    query = urlencode({k: redirect[k] for k in ("check_id", "code", "redirect_url")})
-    answer = requests.get(f"{webhook(gate)}?{query}", timeout=10)
-    assert answer.status_code == 403 and "signed for another webhook" in answer.text
-    PhoneHolder(ALICE).deny(session.check_url())
-    assert session.finish()[:2] == (1, b"")
 
 
 def test_a_genuine_redirect_for_a_check_this_service_did_not_create_is_404(gate, emulator, credentials):
@@ -288,3 +220,13 @@ def test_words_in_a_refused_redirect_never_appear_on_our_page(gate):
     assert page.status_code == 403
     assert "The sign-in link was refused: the API publishes no key by that name." in page.text
     assert "SUSPENDED" not in page.text and "555" not in page.text
+
+
+def test_a_redirect_without_a_code_or_an_error_is_400_and_the_login_goes_on(gate, emulator):
+    session = gate.ssh("sa-alice", "echo ok")
+    url = session.check_url()
+    check_id = url.split("/checks/")[1].split("/")[0]
+    answer = requests.get(webhook(gate), params={"check_id": check_id}, timeout=10)
+    assert (answer.status_code, answer.text) == (400, "missing check_id or code\n")
+    PhoneHolder(ALICE).approve(url)
+    assert session.finish()[:2] == (0, b"ok\n")

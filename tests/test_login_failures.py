@@ -12,7 +12,8 @@ import uuid
 
 import pytest
 
-from .gate import USERS, Gate, PhoneHolder
+from harness.deployment import USERS, Gate
+from harness.people import PhoneHolder
 
 ALICE = USERS["sa-alice"]
 

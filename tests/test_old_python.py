@@ -5,11 +5,11 @@ import zipfile
 
 import pytest
 
-from webserver.shim_build import SHEBANG, STUB, archive
-from webserver.sshd_install import Installer, InstallOptions
-
-from . import bullseye
-from .gate import REPO, SHIM_BUILD, USERS, Gate, PhoneHolder
+from harness import oldpython
+from harness.deployment import REPO, SHIM_BUILD, USERS, Gate
+from harness.people import PhoneHolder
+from webserver.admin.install import Installer, InstallOptions
+from webserver.admin.shim_build import SHEBANG, STUB, archive
 
 EXEMPT = "ssh-auth: this account is exempt from the phone check.\n"
 UNREGISTERED = (
@@ -24,7 +24,7 @@ NOT_RUNNING = "ssh-auth: the ssh-auth service is not running. Access denied.\n"
 @pytest.fixture(scope="module")
 def old_python():
     """Debian 11's /usr/bin/python3, run straight from the cached debootstrap tree."""
-    return bullseye.python()
+    return oldpython.python()
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_the_login_user_runs_debian_11s_python_3_9_in_the_force_command(old_gate
         timeout=30,
     )
     assert (result.returncode, result.stderr) == (0, "")
-    assert result.stdout == f"(3, 9) {bullseye.TREE}/usr\n"
+    assert result.stdout == f"(3, 9) {oldpython.TREE}/usr\n"
 
 
 def test_exempt_login_runs_its_command_under_python_3_9(old_gate):
@@ -110,7 +110,7 @@ def test_one_builder_makes_the_same_bytes_for_make_and_the_installer(tmp_path):
     (tmp_path / "etc" / "ssh" / "sshd_config").write_text("Include /etc/ssh/sshd_config.d/*.conf\n")
     plan = Installer(str(tmp_path)).plan(InstallOptions(public_url="https://gate.example.com"))
     (installed,) = [change.data for change in plan if change.path.endswith("shim.pyz")]
-    assert installed == built, "the installer must write webserver.shim_build.archive()"
+    assert installed == built, "the installer must write webserver.admin.shim_build.archive()"
 
 
 def test_the_archive_holds_the_stub_and_every_shim_module():

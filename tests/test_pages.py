@@ -2,9 +2,8 @@
 
 import pytest
 
-from .browser import PHONE_WIDTH, PhoneBrowser
-from .conftest_helpers import gate_with
-from .gate import USERS
+from harness.browser import PHONE_WIDTH, PhoneBrowser
+from harness.deployment import USERS
 
 ALICE = USERS["sa-alice"]
 
@@ -113,7 +112,10 @@ def test_emulator_phone_page_then_confirmation(gate, browser, emulator):
     assert session.finish()[:2] == (0, b"ok\n")
 
 
-matching_deployment, matching = gate_with("matching", {"number_match": "true"})
+@pytest.fixture
+def matching(deployments, emulator):
+    """The shared deployment with {"number_match": "true"}."""
+    return deployments.get({"number_match": "true"})
 
 
 def test_number_pick_page_lets_the_right_number_in(matching, browser):

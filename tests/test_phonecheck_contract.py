@@ -8,12 +8,10 @@ import time
 import pytest
 import requests
 
+from harness.emulator import VENV_BIN, Emulator, open_on_phone, write_tru_json
+from harness.processes import free_port
 from webserver.config import ConfigError, load_credentials
 from webserver.phonecheck import ApiUnreachable, PhoneCheckClient, PhoneCheckError, base_url_for
-
-from .conftest_helpers import write_tru_json
-from .emulator_fixture import VENV_BIN, Emulator, open_on_phone
-from .processes import free_port
 
 NUMBER = "447700900123"
 WEBHOOK = "https://ssh.example.test/complete-check"

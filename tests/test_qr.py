@@ -1,14 +1,12 @@
 """The QR the service renders fits the shim's terminal and decodes back to the check URL."""
 
 import pytest
-import zxingcpp
 
-from sshshim.terminal import rows_reserved
-from webserver.qr import FULL, LOWER, UPPER, render
+from harness.camera import decode, same_url
+from sshshim.protocol import rows_reserved
+from webserver.qr import render
 
 BASE = "https://eu.api.idlayr.com/phone_check/v0.2/checks/"
-# (top is light, bottom is light) for each half-block character: light modules are drawn.
-HALVES = {FULL: (True, True), UPPER: (True, False), LOWER: (False, True), " ": (False, False)}
 
 
 def url_of_length(n: int) -> str:
@@ -16,44 +14,11 @@ def url_of_length(n: int) -> str:
     return (url + "?pad=" + "x" * n)[:n] if n > len(url) else url[: n - 9] + "/redirect"
 
 
-def same_url(url: str) -> str:
-    """The URL as the QR carries it: scheme and host upper-cased (case-insensitive), path as is."""
-    scheme, rest = url.split("://", 1)
-    host, slash, path = rest.partition("/")
-    return f"{scheme.upper()}://{host.upper()}{slash}{path}"
-
-
 def test_the_path_keeps_its_case():
     text = render(BASE + "AbC-check/redirect", 80, 24, unicode=True)
     assert decode(text, unicode=True) == [
         "HTTPS://EU.API.IDLAYR.COM/phone_check/v0.2/checks/AbC-check/redirect"
     ]
-
-
-def light_pixels(text: str, unicode: bool) -> list[list[bool]]:
-    """What the terminal shows, back as modules (True = light)."""
-    if not unicode:
-        return [[row[i : i + 2] == "##" for i in range(0, len(row), 2)] for row in text.splitlines()]
-    pixels = []
-    for row in text.splitlines():
-        pixels.append([HALVES[c][0] for c in row])
-        pixels.append([HALVES[c][1] for c in row])
-    return pixels
-
-
-def decode(text: str, unicode: bool, scale: int = 4, margin: int = 4) -> list[str]:
-    modules = light_pixels(text, unicode)
-    width = len(modules[0]) + 2 * margin
-    height = len(modules) + 2 * margin
-    image = bytearray(b"\xff" * (width * scale * height * scale))
-    for y, row in enumerate(modules):
-        for x, light in enumerate(row):
-            if not light:
-                for dy in range(scale):
-                    start = ((y + margin) * scale + dy) * width * scale + (x + margin) * scale
-                    image[start : start + scale] = b"\x00" * scale
-    view = memoryview(image).cast("B", shape=[height * scale, width * scale])
-    return [result.text for result in zxingcpp.read_barcodes(view)]
 
 
 @pytest.mark.parametrize("length", [60, 100, 160])

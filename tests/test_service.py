@@ -7,8 +7,9 @@ import time
 import pytest
 import requests
 
-from .conftest_helpers import refusal_config, start_service, write_tru_json
-from .gate import USERS, Gate, PhoneHolder
+from harness.deployment import USERS, Gate, refusal_config, start_service
+from harness.emulator import write_tru_json
+from harness.people import PhoneHolder
 
 ALICE = USERS["sa-alice"]
 

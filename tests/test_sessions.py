@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from .gate import USERS, Approver, Gate
+from harness.deployment import USERS, Gate
+from harness.people import Approver
 
 ALICE = USERS["sa-alice"]
 HOME = Path("/home/sa-alice")
@@ -22,6 +23,11 @@ def owned_by_alice(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     shutil.chown(path, "sa-alice", "sa-alice")
     return path
+
+
+def identical(same: bool) -> str:
+    """A matrix cell for a transfer: what arrived is what was sent, or not."""
+    return "byte-identical" if same else "DIFFERENT"
 
 
 def run_approved(gate, argv, **popen):
@@ -66,11 +72,14 @@ def test_scp_legacy_upload_and_download_show_the_qr_on_stderr(gate, local, matri
     (HOME / "up.bin").unlink(missing_ok=True)
     _, err, _ = run_approved(gate, [*scp, str(local / "payload.bin"), "sa-alice@127.0.0.1:up.bin"])
     assert "confirm this login with your phone" in err
-    assert (HOME / "up.bin").read_bytes() == PAYLOAD
+    uploaded = (HOME / "up.bin").read_bytes() == PAYLOAD
     owned_by_alice(HOME / "down.bin", PAYLOAD[::-1])
     run_approved(gate, [*scp, "sa-alice@127.0.0.1:down.bin", str(local / "down.bin")])
-    assert (local / "down.bin").read_bytes() == PAYLOAD[::-1]
-    matrix("sessions: scp -O upload and download after approval", "byte-identical", "byte-identical")
+    downloaded = (local / "down.bin").read_bytes() == PAYLOAD[::-1]
+    got = identical(uploaded and downloaded)
+    assert matrix("sessions: scp -O upload and download after approval", "byte-identical", got) == (
+        "byte-identical"
+    )
 
 
 def test_scp_over_sftp_through_an_approved_master(gate, local, emulator, matrix):
@@ -84,11 +93,12 @@ def test_scp_over_sftp_through_an_approved_master(gate, local, emulator, matrix)
             timeout=60,
         )
         assert result.returncode == 0, result.stderr
-    assert (HOME / "up2.bin").read_bytes() == PAYLOAD
     log = gate.service.log_text()[log_before:]
     assert log.count("started for sa-alice") == 1  # the master's check only
     assert "login reused user=sa-alice" in log
-    matrix("sessions: scp (SFTP mode) over an approved master", "byte-identical", "byte-identical")
+    got = identical((HOME / "up2.bin").read_bytes() == PAYLOAD)
+    row = "sessions: scp (SFTP mode) over an approved master"
+    assert matrix(row, "byte-identical", got) == "byte-identical"
 
 
 def sftp_batch(gate, local, mux):
@@ -114,15 +124,18 @@ def sftp_batch(gate, local, mux):
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert (HOME / "sftp-up.bin").read_bytes() == PAYLOAD
-    assert (local / "got.bin").read_bytes() == PAYLOAD
     assert b"sftp-down.bin" in result.stdout
+    return identical(
+        (HOME / "sftp-up.bin").read_bytes() == PAYLOAD and (local / "got.bin").read_bytes() == PAYLOAD
+    )
 
 
 def test_sftp_batch_with_the_sftp_server_subsystem(gate, local, matrix):
     with approved_master(gate) as mux:
-        sftp_batch(gate, local, mux)
-    matrix("sessions: sftp batch, sftp-server subsystem", "byte-identical", "byte-identical")
+        got = sftp_batch(gate, local, mux)
+    assert matrix("sessions: sftp batch, sftp-server subsystem", "byte-identical", got) == (
+        "byte-identical"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -134,10 +147,12 @@ def internal_sftp_gate(emulator_server):
 def test_sftp_batch_with_the_internal_sftp_subsystem(internal_sftp_gate, emulator, local, matrix):
     try:
         with approved_master(internal_sftp_gate) as mux:
-            sftp_batch(internal_sftp_gate, local, mux)
+            got = sftp_batch(internal_sftp_gate, local, mux)
     finally:
         internal_sftp_gate.end_sessions()
-    matrix("sessions: sftp batch, internal-sftp subsystem", "byte-identical", "byte-identical")
+    assert matrix("sessions: sftp batch, internal-sftp subsystem", "byte-identical", got) == (
+        "byte-identical"
+    )
 
 
 def test_sftp_without_an_approved_connection_is_refused_at_once(gate, local, emulator, matrix):
@@ -148,18 +163,19 @@ def test_sftp_without_an_approved_connection_is_refused_at_once(gate, local, emu
         text=True,
         timeout=60,
     )
-    assert result.returncode != 0
-    assert time.monotonic() - started < 5
-    assert "create" not in emulator.calls()
-    assert (
-        "login denied user=sa-alice uid=" in gate.service.log_text()
-        and "sftp and scp (in SFTP mode) cannot show the phone check" in gate.service.log_text()
+    log = gate.service.log_text()
+    refused = (
+        result.returncode != 0
+        and time.monotonic() - started < 5
+        and "login denied user=sa-alice uid=" in log
+        and "sftp and scp (in SFTP mode) cannot show the phone check" in log
     )
-    matrix(
-        "sessions: sftp with no approved connection",
-        "refused at once, no check",
-        "refused at once, no check",
+    got = (
+        f"{'refused at once' if refused else 'NOT refused at once'}, "
+        f"{'no check' if 'create' not in emulator.calls() else 'a check created'}"
     )
+    expected = "refused at once, no check"
+    assert matrix("sessions: sftp with no approved connection", expected, got) == expected
 
 
 def test_rsync_copies_a_tree(gate, local):

@@ -13,9 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 from werkzeug.datastructures import MultiDict
 
+from harness.emulator import open_on_phone
 from webserver.signature import JwksCache, RedirectVerifier, SignatureError
-
-from .emulator_fixture import open_on_phone
 
 WEBHOOK = "https://ssh.example.test/complete-check"
 NUMBER = "447700900123"

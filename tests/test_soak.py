@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from .gate import USERS, Gate, PhoneHolder
+from harness.deployment import USERS, Gate
+from harness.people import PhoneHolder
 
 PLAN = ["approve", "wrong SIM", "deny", "unregistered"]
 EXPECTED = {"approve": "allowed", "wrong SIM": "denied", "deny": "denied", "unregistered": "denied"}

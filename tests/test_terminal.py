@@ -7,8 +7,9 @@ import uuid
 
 import pytest
 
-from .gate import USERS, PhoneHolder
-from .test_qr import decode
+from harness.camera import decode
+from harness.deployment import USERS
+from harness.people import PhoneHolder
 
 ALICE = USERS["sa-alice"]
 

@@ -8,12 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.deployment import USERS, Gate, refusal_config, start_service
+from harness.emulator import open_on_phone
 from webserver.config import ConfigError, Settings
 from webserver.tunnel import AGENT_CONFIG, open_tunnel
-
-from .conftest_helpers import refusal_config, start_service
-from .emulator_fixture import open_on_phone
-from .gate import USERS, Gate
 
 FAKE_AGENT = Path(__file__).parent / "fixtures" / "fake-ngrok"
 TUNNEL_URL = "https://sa-test.ngrok-free.app"

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from harness.deployment import REPO, USERS, Gate
+from harness.people import PhoneHolder
+from harness.processes import ServerProcess, free_port
 from webserver.__main__ import CHANNEL_TIMEOUT, CLEANUP_INTERVAL, CONNECTION_LIMIT
-
-from .gate import REPO, USERS, Gate, PhoneHolder
-from .processes import ServerProcess, free_port
 
 SIM = USERS["sa-alice"]
 NGINX = "/usr/sbin/nginx"

@@ -10,14 +10,16 @@ import sys
 import threading
 
 from .config import DEFAULT_CONFIG, ConfigError, Settings, load_credentials
+from .errors import ExitCode, SshAuthError
 from .tunnel import open_tunnel
 
 
-def build(settings: Settings, poll_only: bool = False):
-    """Every part of the service, wired from one Settings object."""
+def build(settings: Settings, flow_class=None):
+    """Every part of the service, wired from one Settings object (flow_class: how checks run)."""
     from .app import create_app
     from .audit import Audit
     from .broker import Broker
+    from .flow import CheckFlow
     from .logins import PendingLogins
     from .phonecheck import PhoneCheckClient, base_url_for
     from .registry import Registry
@@ -34,7 +36,8 @@ def build(settings: Settings, poll_only: bool = False):
     audit.check()
     logins = PendingLogins()
     registry = Registry(settings.config_path)
-    broker = Broker(settings, client, registry, audit, logins, poll_only=poll_only)
+    flow = (flow_class or CheckFlow)(settings, client, logins)
+    broker = Broker(settings, client, registry, audit, logins, flow)
     verifier = RedirectVerifier(JwksCache(client.jwks), settings.webhook_url)
     return broker, create_app(settings, logins, client, verifier)
 
@@ -56,7 +59,7 @@ MAX_REQUEST_HEADER_SIZE = 16 * 1024  # the phone's signed redirect URL is under 
 MAX_REQUEST_BODY_SIZE = 64 * 1024  # the app refuses bodies past 16 KiB; never spool more
 
 
-def serve(settings: Settings, poll_only: bool = False) -> None:
+def serve(settings: Settings, flow_class=None) -> None:
     """Run until SIGTERM/SIGINT: the broker in a thread, the webhook (waitress) in this one."""
 
     def stop(number, frame):
@@ -67,16 +70,16 @@ def serve(settings: Settings, poll_only: bool = False) -> None:
     try:
         if tunnel:
             settings = dataclasses.replace(settings, public_url=tunnel.public_url)
-        _serve(settings, poll_only)
+        _serve(settings, flow_class)
     finally:
         if tunnel:
             tunnel.close()
 
 
-def _serve(settings: Settings, poll_only: bool) -> None:
+def _serve(settings: Settings, flow_class) -> None:
     import waitress
 
-    broker, app = build(settings, poll_only)
+    broker, app = build(settings, flow_class)
     broker.bind()  # before any thread starts: the socket's umask cannot race another file
     host, port = settings.listen
     server = waitress.create_server(
@@ -123,8 +126,8 @@ def _raise_open_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def main(argv=None, poll_only: bool = False) -> int:
-    """Entry point: one clear line and exit 2 for a configuration problem, never a traceback."""
+def main(argv=None, flow_class=None) -> int:
+    """Entry point: our errors are one line and their exit code; anything else is a bug."""
     parser = argparse.ArgumentParser(prog="ssh-auth-server", description=__doc__)
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="path of ssh-auth.conf")
     args = parser.parse_args(argv)
@@ -134,16 +137,16 @@ def main(argv=None, poll_only: bool = False) -> int:
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
     try:
-        serve(Settings.load(args.config), poll_only)
-    except ConfigError as error:
+        serve(Settings.load(args.config), flow_class)
+    except SshAuthError as error:
         print(f"ssh-auth-server: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:
+        return error.exit_code
+    except OSError as error:  # the system said no: an address in use, a directory missing
         print(f"ssh-auth-server: cannot start: {error}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     except KeyboardInterrupt:
         pass
-    return 0
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -1,20 +1,13 @@
 """The Unix-socket broker: knows the caller by the kernel, applies policy, runs its phone check."""
 
-import grp
 import logging
 import os
 import pwd
-import secrets
-import select
 import socket
 import socketserver
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 from sshshim.protocol import (
-    EVENT_CHALLENGE,
-    EVENT_STATUS,
     EVENT_VERDICT,
     FIRST_LINE_TIMEOUT,
     FIRST_REPLY_TIMEOUT,
@@ -22,18 +15,16 @@ from sshshim.protocol import (
     OP_VERIFY,
     LineReader,
     ProtocolError,
-    encode,
     peer_credentials,
 )
-from sshshim.terminal import rows_reserved
 
 from . import connection as connections
-from . import qr, reasons
-from .audit import SUPPRESSED, Audit, Decision, clean
+from . import reasons
+from .audit import SUPPRESSED, Audit, Decision
 from .config import Settings
-from .connection import SshConnection
-from .logins import Login, PendingLogins, Verdict, deny, new_nonce
-from .phonecheck import ApiUnreachable, PhoneCheckClient, PhoneCheckError
+from .flow import CheckFlow, send
+from .logins import Caller, PendingLogins, Verdict, deny
+from .phonecheck import PhoneCheckClient
 from .policy import (
     DENIAL_BURST,
     Approvals,
@@ -62,29 +53,6 @@ LOCAL = "local"  # the address of a caller outside any SSH connection
 LIMITS = {"unsent": 8, "connection": 3, "address": 3, "total": 512}
 
 
-@dataclass(frozen=True)
-class Caller:
-    """Who asks: identity and connection from the kernel; terminal facts from the shim."""
-
-    uid: int
-    gid: int
-    user: str
-    connection: SshConnection | None
-    address: str
-    command: str | None
-    request: dict
-
-    def groups(self) -> list[str]:
-        """The names of every group the user is in (gids without a name are skipped)."""
-        names = []
-        for gid in os.getgrouplist(self.user, self.gid):
-            try:
-                names.append(grp.getgrgid(gid).gr_name)
-            except KeyError:
-                continue
-        return names
-
-
 class Broker:
     """The socket, and one login's flow from its line to its verdict."""
 
@@ -95,13 +63,11 @@ class Broker:
         registry: Registry,
         audit: Audit,
         logins: PendingLogins,
-        poll_only: bool = False,
+        flow: CheckFlow | None = None,
     ):
-        # poll_only: learn verdicts only from the GET every poll_interval, as the tutorial's
-        # design does; used by the benchmarks to compare, never by the service itself.
-        self.poll_only = poll_only
         self.settings, self.client, self.registry, self.audit = settings, client, registry, audit
         self.logins = logins
+        self.flow = flow or CheckFlow(settings, client, logins)
         self.denials = Denials()
         self.budget = CheckBudget(settings.max_checks_per_user, settings.max_checks_per_minute)
         self.approvals = Approvals()
@@ -326,130 +292,7 @@ class Broker:
             which, seconds = over
             line = reasons.TOO_MANY_ATTEMPTS if which == "user" else reasons.TOO_MANY_CHECKS
             return None, deny(line.format(seconds=seconds))
-        login, refusal = self._start_check(sock, caller, phone)
-        if refusal:
-            return None, refusal
-        try:
-            return login.check_id, self._wait(sock, login)
-        finally:
-            self.logins.drop(login.check_id)
-
-    def _start_check(self, sock, caller: Caller, phone: str) -> tuple[Login | None, Verdict | None]:
-        """Create the check and send the challenge; or the verdict that it could not start."""
-        # SECURITY: the redirect must echo this login's own nonce: a signature the API made for
-        # another customer's check (whose redirect_url they chose) can never match it.
-        nonce = new_nonce()
-        redirect_url = f"{self.settings.webhook_url}?login={nonce}"
-        try:
-            check = self.client.create_check(phone, redirect_url, within=CREATE_BUDGET)
-        except ApiUnreachable as error:
-            log.error("creating a check for %s: %s", caller.user, error)
-            # SECURITY: the only fail-open path: opt-in, at creation only, and only when the API
-            # is down (refused, DNS, connect timeout, 5xx), never a TLS or protocol failure.
-            if self.settings.failmode == "safe" and error.down:
-                return None, Verdict(True, "failsafe", reasons.FAILSAFE)
-            return None, deny(reasons.API_DOWN, "error")
-        except PhoneCheckError as error:
-            log.error("creating a check for %s: %s", caller.user, error)
-            if error.status == 429 and error.retry_after:
-                return None, deny(reasons.API_BUSY.format(seconds=error.retry_after), "error")
-            detail = f"HTTP {error.status}" if (error.status or 0) >= 400 else "bad answer"
-            return None, deny(reasons.API_REFUSED.format(detail=detail), "error")
-        self._note_balance(check.snapshot_balance)
-        ttl = min(self.settings.ttl, check.ttl or self.settings.ttl)
-        number, choices = None, []
-        if self.settings.number_match:
-            choices = secrets.SystemRandom().sample(range(10, 100), 3)
-            number = str(choices[0])
-            secrets.SystemRandom().shuffle(choices)
-        login = Login(
-            check.check_id,
-            caller.user,
-            caller.address,
-            caller.command,
-            number,
-            [str(c) for c in choices],
-            time.monotonic(),
-            time.monotonic() + ttl,
-            nonce,
-        )
-        self.logins.add(login)
-        self._send(sock, self._challenge(caller.request, check, number, ttl))
-        log.info("check %s started for %s from %s", check.check_id, caller.user, caller.address)
-        return login, None
-
-    @staticmethod
-    def _challenge(request: dict, check, number: str | None, ttl: float) -> dict:
-        columns, rows = request["columns"], request["rows"]
-        reserved = rows_reserved(check.check_url, number, columns)
-        rendering = qr.render(check.check_url, columns, rows, request["unicode"], reserved)
-        return {
-            "event": EVENT_CHALLENGE,
-            "check_id": check.check_id,
-            "check_url": check.check_url,
-            "qr": rendering or NO_ROOM_FOR_QR,
-            "number": number,
-            "expires_at": time.time() + ttl,
-        }
-
-    def _note_balance(self, balance) -> None:
-        """Leave the API's last snapshot_balance beside the socket, for `ssh-auth doctor`."""
-        if balance is None:
-            return
-        path = Path(self.settings.socket).parent / "balance"
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(f"{balance}\n")
-        except OSError:
-            pass
-
-    def _wait(self, sock: socket.socket, login: Login) -> Verdict:
-        """Wait for the webhook's verdict, polling the API as a fallback, until the deadline."""
-        poller = select.poll()
-        poller.register(sock, select.POLLIN | select.POLLHUP | select.POLLERR)
-        if not self.poll_only:
-            poller.register(login.wake[0], select.POLLIN)
-        first_poll = self.settings.poll_interval if self.poll_only else FIRST_POLL_DELAY
-        next_poll = login.created + first_poll
-        next_status = time.monotonic() + STATUS_EVERY
-        while True:
-            now = time.monotonic()
-            if login.verdict and not self.poll_only:
-                return login.verdict
-            if now >= login.deadline:
-                self.logins.finish(login.check_id, deny(reasons.EXPIRED))
-                return login.verdict
-            if now >= next_poll:
-                self._poll(login)
-                if login.verdict:
-                    return login.verdict
-                next_poll = time.monotonic() + self.settings.poll_interval
-                continue
-            if now >= next_status:
-                left = int(login.deadline - now)
-                self._send(sock, {"event": EVENT_STATUS, "status": "PENDING", "seconds_left": left})
-                next_status = now + STATUS_EVERY
-            timeout = min(login.deadline, next_poll, next_status) - now
-            for fd, _ in poller.poll(max(0, timeout) * 1000):
-                if fd != login.wake[0]:  # the shim went away (EOF) or spoke out of turn
-                    self.logins.finish(login.check_id, deny(reasons.ABANDONED))
-                    return login.verdict
-
-    def _poll(self, login: Login) -> None:
-        """The fallback GET: expiry, network errors, or a completion this service did not make."""
-        try:
-            check = self.client.get_check(login.check_id)
-        except PhoneCheckError as error:
-            log.warning("fallback GET of %s failed: %s", login.check_id, error)
-            return
-        if check.status == "EXPIRED":
-            self.logins.finish(login.check_id, deny(reasons.EXPIRED))
-        elif check.status == "ERROR":
-            log.info("check %s: network error %s", login.check_id, clean(check.error_code)[:64])
-            self.logins.finish(login.check_id, deny(reasons.network_error(check.error_code)))
-        elif check.status == "COMPLETED" and not login.claimed:
-            self.logins.finish(login.check_id, deny(reasons.COMPLETED_ELSEWHERE))
+        return self.flow.run(sock, caller, phone)
 
     def _finish(self, sock, user, uid, address, check_id, started, verdict: Verdict) -> None:
         """Send the verdict and log the decision once."""
@@ -461,15 +304,7 @@ class Broker:
         )
 
     def _send_verdict(self, sock: socket.socket, verdict: Verdict) -> None:
-        self._send(sock, {"event": EVENT_VERDICT, "allow": verdict.allow, "reason": verdict.reason})
-
-    @staticmethod
-    def _send(sock: socket.socket, message: dict) -> None:
-        try:
-            sock.settimeout(5)
-            sock.sendall(encode(message))
-        except OSError:
-            pass  # the shim went away; its own deadline and the audit line cover it
+        send(sock, {"event": EVENT_VERDICT, "allow": verdict.allow, "reason": verdict.reason})
 
 
 def _valid_request(request: dict) -> bool:

@@ -8,12 +8,16 @@ import stat
 from dataclasses import dataclass, field, fields
 from urllib.parse import urlsplit
 
+from .errors import ExitCode, SshAuthError
+
 DEFAULT_CONFIG = "/etc/ssh-auth/ssh-auth.conf"
 REGISTRY_KEYS = frozenset({"user", "header", "allow_once"})  # lines the registry reads
 
 
-class ConfigError(Exception):
+class ConfigError(SshAuthError):
     """A settings or credentials file is wrong; the message names the file, line and fix."""
+
+    exit_code = ExitCode.CANNOT
 
 
 @dataclass(frozen=True)

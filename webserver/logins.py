@@ -1,11 +1,14 @@
 """Logins waiting for their phone, and the handoff of a verdict from the webhook to the broker."""
 
+import grp
 import hashlib
 import hmac
 import os
 import secrets
 import threading
 from dataclasses import dataclass, field
+
+from .connection import SshConnection
 
 OUTCOMES = frozenset({"allowed", "denied", "exempt", "reused", "failsafe", "error"})
 
@@ -22,6 +25,29 @@ class Verdict:
         assert self.outcome in OUTCOMES, self.outcome
         # SECURITY: only these outcomes may ever open a login.
         assert not self.allow or self.outcome in ("allowed", "exempt", "reused", "failsafe")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks: identity and connection from the kernel; terminal facts from the shim."""
+
+    uid: int
+    gid: int
+    user: str
+    connection: SshConnection | None
+    address: str
+    command: str | None
+    request: dict
+
+    def groups(self) -> list[str]:
+        """The names of every group the user is in (gids without a name are skipped)."""
+        names = []
+        for gid in os.getgrouplist(self.user, self.gid):
+            try:
+                names.append(grp.getgrgid(gid).gr_name)
+            except KeyError:
+                continue
+        return names
 
 
 def deny(reason: str, outcome: str = "denied") -> Verdict:

@@ -8,6 +8,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from .errors import ExitCode, SshAuthError
 from .files import atomic_write, locked
 
 USERNAME = re.compile(r"[a-z_][a-z0-9_.-]{0,31}\$?", re.IGNORECASE)
@@ -28,7 +29,7 @@ def parse_entry(line: str) -> tuple[str, str] | None:
     return name.strip(), phone
 
 
-class RegistryUnavailable(Exception):
+class RegistryUnavailable(SshAuthError):
     """The registry cannot be read: every login that needs it is denied until it can be."""
 
 
@@ -95,8 +96,10 @@ class Registry:
         self._phones, self._malformed, self._allow_once = phones, malformed, allow_once
 
 
-class RegistryError(ValueError):
+class RegistryError(SshAuthError):
     """A user name or phone number the registry refuses; the message says why."""
+
+    exit_code = ExitCode.CANNOT
 
 
 def normalise_phone(text: str) -> str:

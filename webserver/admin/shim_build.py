@@ -60,10 +60,10 @@ def write(path: str) -> None:
 
 
 def main(argv=None) -> int:
-    """`python -m webserver.shim_build OUT`: the Makefile's shim rule."""
+    """`python -m webserver.admin.shim_build OUT`: the Makefile's shim rule."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        sys.stderr.write("usage: python -m webserver.shim_build OUT\n")
+        sys.stderr.write("usage: python -m webserver.admin.shim_build OUT\n")
         return 2
     write(args[0])
     return 0

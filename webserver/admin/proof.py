@@ -18,12 +18,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InstallError
-
-SSHD_CONFIG = "etc/ssh/sshd_config"
-DROPIN = "etc/ssh/sshd_config.d/ssh-auth.conf"
-# Our marked blocks in sshd_config (where it has no Include of sshd_config.d).
-OUR_BLOCKS = re.compile(r"(?ms)^# BEGIN ssh-auth\b.*?^# END ssh-auth\n")
+from ..errors import InstallError
+from .layout import DROPIN, OUR_BLOCKS, SSHD_CONFIG
 
 INCLUDE_LINE = re.compile(r"(?i)^(\s*)include(?:\s*=\s*|\s+)(.*?)\s*$")
 MATCH_LINE = re.compile(r"(?i)^\s*match(?:\s*=\s*|\s+)(.*?)\s*$")

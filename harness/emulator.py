@@ -1,5 +1,7 @@
 """The PhoneCheck emulator as a real HTTP server, and verbs to drive it from a test."""
 
+import json
+import os
 import sys
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -67,3 +69,23 @@ def open_on_phone(check_url: str, **params) -> dict:
     assert response.status_code == 302, response.text
     location = response.headers["Location"]
     return {"location": location, **dict(parse_qsl(urlsplit(location).query))}
+
+
+def write_tru_json(path, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, mode=0o600):
+    """A tru.json exactly as the tru.ID/IDlayr CLI writes it."""
+    body = {
+        "project_id": "c69bc0e6-a429-11ea-bb37-0242ac130002",
+        "name": "ssh-auth-tests",
+        "created_at": "2026-11-23T10:00:00+0000",
+        "credentials": [
+            {
+                "client_id": client_id,
+                "client_secret": client_secret,
+                "created_at": "2026-11-23T10:00:00+0000",
+            }
+        ],
+        "data_residency": "eu",
+    }
+    path.write_text(json.dumps(body))
+    os.chmod(path, mode)
+    return path

@@ -1,7 +1,5 @@
 """A whole gated deployment on loopback (emulator, service, real sshd) and verbs to log in with."""
 
-import atexit
-import functools
 import os
 import re
 import shutil
@@ -15,72 +13,16 @@ from pathlib import Path
 
 import requests
 
-from emulator.phone import Phone, page_forms
-from webserver.sshd_install import render_dropin
+from webserver.admin.dropin import render_dropin
 
-from .conftest_helpers import write_tru_json
-from .emulator_fixture import VENV_BIN, Emulator
-from .processes import ServerProcess, free_port
+from .accounts import client_key, ensure_user, ssh_client_options
+from .emulator import VENV_BIN, Emulator, write_tru_json
+from .processes import ServerProcess, free_port, run
 
 REPO = Path(__file__).resolve().parent.parent
 SHIM_BUILD = REPO / "build" / "shim.pyz"
 CHECK_URL = re.compile(r"https?://\S+/phone_check/v0\.2/checks/[0-9a-f-]{36}/redirect")
 USERS = {"sa-alice": "447700900123", "sa-bob": "447700900456", "sa-carol": None}
-
-
-def run(*argv, **kwargs) -> subprocess.CompletedProcess:
-    """Run a command, failing loudly with its output."""
-    return subprocess.run(argv, check=True, capture_output=True, text=True, **kwargs)
-
-
-def ensure_user(name: str, public_key: str) -> None:
-    """A real account that sshd accepts with our test key (password field '*', not locked)."""
-    try:
-        run("id", name)
-    except subprocess.CalledProcessError:
-        run("useradd", "--create-home", "--shell", "/bin/bash", name)
-    run("usermod", "-p", "*", name)
-    home = Path(f"/home/{name}")
-    ssh_dir = home / ".ssh"
-    ssh_dir.mkdir(mode=0o700, exist_ok=True)
-    keys = ssh_dir / "authorized_keys"
-    present = keys.read_text() if keys.exists() else ""
-    if public_key.strip() not in present:  # added, never replaced: test runs may overlap
-        keys.write_text(present + public_key.strip() + "\n")
-    os.chmod(ssh_dir / "authorized_keys", 0o600)
-    shutil.chown(ssh_dir, name, name)
-    shutil.chown(ssh_dir / "authorized_keys", name, name)
-
-
-def ssh_client_options(key: Path) -> list[str]:
-    """Client options for a private test sshd: our key only, no prompts, no known_hosts."""
-    return [
-        "-F",
-        "/dev/null",
-        "-i",
-        str(key),
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "LogLevel=ERROR",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "ConnectTimeout=10",
-    ]
-
-
-@functools.cache
-def client_key() -> Path:
-    """One client key for every gate of this run (each writes it to the users' authorized_keys)."""
-    directory = Path(tempfile.mkdtemp(prefix="sa-key-"))
-    atexit.register(shutil.rmtree, directory, ignore_errors=True)
-    run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(directory / "id_ed25519"))
-    return directory / "id_ed25519"
 
 
 class Session:
@@ -349,52 +291,46 @@ class Gate:
             self.sessions.pop().kill()
 
 
-class PhoneHolder:
-    """A person holding a phone with one SIM: scans a QR, then approves, denies or picks."""
-
-    def __init__(self, sim: str | None):
-        self.sim = sim
-        self.hops: list[str] = []
-        self.phone = Phone(say=self.hops.append)
-
-    def scan(self, url: str, network_error: str | None = None) -> requests.Response:
-        """Open the check URL on mobile data; the confirmation page (or an error page)."""
-        return self.phone.scan(url, sim=self.sim, network_error=network_error)
-
-    def approve(self, url: str, pick: str | None = None) -> requests.Response:
-        """Scan and press Approve (or the number, under number_match)."""
-        return self.phone.answer(self.scan(url), "approve", pick)
-
-    def phone_picks(self, page: requests.Response) -> list[str]:
-        """The numbers the confirmation page offers."""
-        return [v for form in page_forms(page.text) for name, v in form.buttons if name == "pick"]
-
-    def deny(self, url: str) -> requests.Response:
-        """Scan and press Deny."""
-        return self.phone.answer(self.scan(url), "deny")
+def refusal_config(directory, **settings) -> str:
+    """An ssh-auth.conf for a service started only to be refused: its own socket, any port."""
+    lines = {"socket": f"{directory}/s.sock", "listen": "127.0.0.1:0", **settings}
+    path = directory / "ssh-auth.conf"
+    path.write_text("".join(f"{key} = {value}\n" for key, value in lines.items()))
+    return path
 
 
-class Approver:
-    """A person who approves, on the right phone, every check URL a client prints (until stopped)."""
+def start_service(config) -> subprocess.CompletedProcess:
+    """Run ssh-auth-server on a config it should refuse; its exit status and stderr."""
+    return subprocess.run(
+        [str(VENV_BIN / "ssh-auth-server"), "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
-    def __init__(self, session: Session, sim: str):
-        self.session, self.sim = session, sim
-        self.approved: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
 
-    def __enter__(self) -> "Approver":
-        self._thread.start()
-        return self
+class Deployments:
+    """Gates by their settings, each started once and shared (tests end their own clients)."""
 
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+    def __init__(self, emulator: Emulator):
+        self.emulator = emulator
+        self._gates: dict[str, Gate] = {}
 
-    def _watch(self) -> None:
-        while not self._stop.is_set():
-            for url in CHECK_URL.findall(self.session.text()):
-                if url not in self.approved:
-                    self.approved.append(url)
-                    PhoneHolder(self.sim).approve(url)
-            self._stop.wait(0.02)
+    def get(self, settings: dict | None = None, **options) -> Gate:
+        """The running deployment with these settings and Gate options, started if need be."""
+        key = repr((sorted((settings or {}).items()), sorted(options.items())))
+        if key not in self._gates:
+            gate = Gate(self.emulator, settings=settings, **options)
+            gate.__enter__()
+            self._gates[key] = gate
+        return self._gates[key]
+
+    def end_sessions(self) -> None:
+        """Kill every client any test left running."""
+        for gate in self._gates.values():
+            gate.end_sessions()
+
+    def close(self) -> None:
+        """Stop every deployment."""
+        while self._gates:
+            self._gates.popitem()[1].__exit__(None, None, None)

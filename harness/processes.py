@@ -1,4 +1,5 @@
-"""Real processes for tests and the demo: started in their own session, logged, killed as a group."""
+"""Real processes for tests, the demo and benchmarks: started in their own session, logged,
+killed as a group."""
 
 import os
 import re
@@ -92,3 +93,19 @@ class ServerProcess:
     def log_match(self, pattern: str) -> re.Match | None:
         """The first match of a regex in the output so far."""
         return re.search(pattern, self.log_text())
+
+
+def run(*argv, **kwargs) -> subprocess.CompletedProcess:
+    """Run a command, failing loudly with its output."""
+    return subprocess.run(argv, check=True, capture_output=True, text=True, **kwargs)
+
+
+def send_through(port: int, payload: bytes) -> str:
+    """What a forwarded port on loopback does with a payload: 'refused (...)' or 'OPEN: <reply>'."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(payload)
+            data = conn.recv(100)
+    except OSError as error:
+        return f"refused ({type(error).__name__})"
+    return "refused (closed)" if not data else f"OPEN: {data[:40]!r}"

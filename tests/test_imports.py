@@ -11,7 +11,7 @@ import tempfile
 import threading
 import time
 
-from .gate import SHIM_BUILD
+from harness.deployment import SHIM_BUILD
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -87,3 +87,23 @@ def test_a_deny_exits_1_with_one_line_and_nothing_on_stdout():
     )
     assert (result.returncode, result.stdout) == (1, "")
     assert result.stderr == "ssh-auth: the ssh-auth service is not running. Access denied.\n"
+
+
+SERVICE_MODULES = """
+import importlib, pkgutil, sys, webserver
+for module in pkgutil.iter_modules(webserver.__path__):
+    if module.name != "admin":
+        importlib.import_module(f"webserver.{module.name}")
+import webserver.__main__ as service
+service.build  # the whole service's wiring is importable
+print(sorted(name for name in sys.modules if name.startswith("webserver.admin")))
+"""
+
+
+def test_the_service_never_imports_the_root_run_administration():
+    # The privilege boundary: webserver/admin/ (root: edits /etc, makes users) is reviewed on its
+    # own, and the service (user ssh-auth) must not even load it.
+    result = subprocess.run(
+        [sys.executable, "-c", SERVICE_MODULES], capture_output=True, text=True, check=True
+    )
+    assert result.stdout == "[]\n"

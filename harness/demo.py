@@ -13,8 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from .emulator_fixture import VENV_BIN, Emulator
-from .gate import Gate
+from .deployment import Gate
+from .emulator import VENV_BIN, Emulator
 
 DEMO_USER, DEMO_PHONE = "sa-demo", "447700900123"
 COMMAND = 'echo "hello from $(hostname) as $(whoami): the phone check let me in"'

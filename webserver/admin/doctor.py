@@ -12,12 +12,14 @@ import requests
 
 from sshshim.protocol import SERVICE_USER, peer_uid
 
-from .config import ConfigError, Settings, load_credentials
-from .errors import InstallError
-from .phonecheck import PhoneCheckClient, PhoneCheckError, base_url_for
-from .registry import entries
-from .sshd_install import Installer, forced_command, shim_python_check
-from .sshd_proof import Verdict
+from ..config import ConfigError, Settings, load_credentials
+from ..errors import InstallError
+from ..phonecheck import PhoneCheckClient, PhoneCheckError, base_url_for
+from ..registry import entries
+from .dropin import forced_command
+from .proof import Verdict
+from .sshd import Sshd
+from .system import read, shim_python_check
 
 LOW_BALANCE = 20
 MAX_SKEW = 30
@@ -174,9 +176,9 @@ def _check_socket(report: Report, settings: Settings) -> None:
 
 
 def _check_sshd(report: Report, settings: Settings, root: str) -> None:
-    installer = Installer(root, say=lambda _: None)
+    sshd = Sshd(Path(root))
     try:
-        verdicts, notes = installer.prove(settings.socket, installer.installed_exempt_networks())
+        verdicts, notes = sshd.prove(settings.socket, sshd.installed_exempt_networks())
     except (InstallError, OSError, ValueError) as error:
         report.bad(f"sshd's configuration cannot be proven: {error}", "sshd -t; ssh-auth install")
         return
@@ -268,10 +270,9 @@ def _check_shim_python(report: Report, root: str) -> None:
 
 def _check_registry_access(report: Report, config_path: str, root: str) -> None:
     """The service reads the registry as its group: unreadable, every login is denied."""
-    installer = Installer(root, say=lambda _: None)
     info = os.stat(config_path)
     mode = stat.S_IMODE(info.st_mode)
-    users, groups = _names(installer, "etc/passwd"), _names(installer, "etc/group")
+    users, groups = _names(root, "etc/passwd"), _names(root, "etc/group")
     shown = f"{users.get(info.st_uid, info.st_uid)}:{groups.get(info.st_gid, info.st_gid)} {mode:04o}"
     fix = f"chown root:{SERVICE_USER} {config_path} && chmod 0640 {config_path}"
     service = {name: uid for uid, name in users.items()}.get(SERVICE_USER)
@@ -302,10 +303,10 @@ def _check_registry_access(report: Report, config_path: str, root: str) -> None:
         )
 
 
-def _names(installer: Installer, relative: str) -> dict[int, str]:
+def _names(root: str, relative: str) -> dict[int, str]:
     """id -> name from the root's etc/passwd or etc/group."""
     names = {}
-    for line in (installer.read(relative) or b"").decode(errors="replace").splitlines():
+    for line in (read(Path(root), relative) or b"").decode(errors="replace").splitlines():
         parts = line.split(":")
         if len(parts) >= 3 and parts[2].isdigit():
             names.setdefault(int(parts[2]), parts[0])

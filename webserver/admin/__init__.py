@@ -1,0 +1,1 @@
+"""The root-run `ssh-auth` command: install, uninstall, users, doctor. Never imported by the service."""

@@ -1,0 +1,334 @@
+"""The install transaction: plan every file, write, prove, roll back on failure; and uninstall."""
+
+import difflib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Settings, load_credentials
+from ..errors import InstallError
+from ..files import atomic_write
+from ..registry import RegistryError, check_username, normalise_phone, parse_entry
+from .dropin import render_dropin, split_at_match
+from .layout import (
+    BLOCK_BEGIN,
+    BLOCK_END,
+    CONFIG,
+    CREDENTIALS,
+    DROPIN,
+    INCLUDES_DROPINS,
+    MANIFEST,
+    MATCH_BEGIN,
+    OUR_BLOCKS,
+    SERVICE_USER,
+    SHIM,
+    SSHD_CONFIG,
+    TUTORIAL_DIR,
+    UNIT,
+)
+from .root import FileState, ServerRoot
+from .shim_build import archive as shim_archive
+from .sshd import Sshd
+from .system import (
+    ensure_service_account,
+    passwd_entry,
+    refuse_lockout,
+    shim_python_check,
+)
+from .unit import render_unit
+
+
+@dataclass
+class Change:
+    """One file as install wants it: new bytes (None: remove), mode and owner."""
+
+    path: str
+    data: bytes | None
+    mode: int = 0o644
+    owner: str = "root"
+    group: str = "root"
+
+
+@dataclass
+class InstallOptions:
+    root: str = "/"
+    credentials: str | None = None
+    config: str | None = None
+    public_url: str | None = None
+    admin: str | None = None  # NAME:PHONE, registered with the configuration
+    exempt_networks: tuple[str, ...] = ()
+    allow_forwarding: bool = False
+    dry_run: bool = False
+    force: bool = False
+
+
+class Installer(ServerRoot):
+    """Install and validate against a root directory ('/' on a server)."""
+
+    def __init__(self, root: str = "/", say=print):
+        super().__init__(root, say)
+        self.sshd = Sshd(self.root)
+
+    # --- planning ----------------------------------------------------------------------
+
+    def plan(self, options: InstallOptions) -> list[Change]:
+        """Every file install writes, as it should end up."""
+        config_text = self._config_text(options)
+        settings = Settings.parse(config_text, "/" + CONFIG)
+        changes = [Change(CONFIG, config_text.encode(), 0o640, "root", SERVICE_USER)]
+        credentials = self._credentials(options)
+        if credentials is not None:
+            changes.append(Change(CREDENTIALS, credentials, 0o600, SERVICE_USER, SERVICE_USER))
+        # The tutorial's files are world-readable: its secret and everyone's phone numbers.
+        for leftover in (f"{TUTORIAL_DIR}/tru.json", f"{TUTORIAL_DIR}/tru-id-ssh-auth.conf"):
+            if self.read(leftover) is not None:
+                changes.append(Change(leftover, None))
+        changes.append(Change(SHIM, shim_archive(), 0o644))
+        server = Path(sys.prefix) / "bin" / "ssh-auth-server"
+        changes.append(Change(UNIT, render_unit(str(server)).encode(), 0o644))
+        dropin = render_dropin(
+            "/" + SHIM, settings.socket, options.allow_forwarding, options.exempt_networks
+        )
+        changes += self._sshd_changes(dropin)
+        return changes
+
+    def _config_text(self, options: InstallOptions) -> str:
+        existing = self.read(CONFIG)
+        if options.config:
+            text = Path(options.config).read_text(encoding="utf-8")
+        elif existing is not None:
+            text = existing.decode()
+        elif options.public_url:
+            text = (
+                f"# ssh-auth settings: see README. Users: ssh-auth register-user NAME PHONE\n"
+                f"public_url = {options.public_url}\n"
+            )
+        else:
+            raise InstallError(
+                "no configuration yet: give --config FILE or --public-url URL "
+                "(the address the phone reaches, in front of the webhook)"
+            )
+        if options.public_url and "public_url" not in text:
+            text += f"public_url = {options.public_url}\n"
+        if options.admin:
+            name, phone = self._admin(options.admin)
+            text = text if text.endswith("\n") else text + "\n"
+            if f"user={name}:{phone}\n" not in text:
+                text += f"user={name}:{phone}\n"
+        tutorial = self.read(f"{TUTORIAL_DIR}/tru-id-ssh-auth.conf")
+        if tutorial is not None:
+            for line in tutorial.decode(errors="replace").splitlines():
+                entry = parse_entry(line)
+                if entry and f"user={entry[0]}:" not in text:
+                    text += f"user={entry[0]}:{entry[1]}\n"
+        return text if text.endswith("\n") else text + "\n"
+
+    def _admin(self, admin: str) -> tuple[str, str]:
+        """NAME:PHONE for --admin: an account of this server and a number in E.164 form."""
+        name, sep, phone = admin.partition(":")
+        if not sep:
+            raise InstallError(f"--admin {admin!r}: give NAME:PHONE, e.g. alice:+447700900123")
+        try:
+            name, phone = check_username(name.strip()), normalise_phone(phone)
+        except RegistryError as error:
+            raise InstallError(f"--admin: {error}") from None
+        if passwd_entry(self.root, name) is None:
+            raise InstallError(f"--admin: no such user on this machine: {name}")
+        return name, phone
+
+    def _credentials(self, options: InstallOptions) -> bytes | None:
+        source = options.credentials
+        if source is None and self.read(f"{TUTORIAL_DIR}/tru.json") is not None:
+            source = str(self.path(f"{TUTORIAL_DIR}/tru.json"))
+        if source is None:
+            return self.read(CREDENTIALS)
+        load_credentials(source, require_private=False)  # refuse a malformed file now
+        return Path(source).read_bytes()
+
+    def _sshd_changes(self, dropin: str) -> list[Change]:
+        """The drop-in where sshd_config includes sshd_config.d, else marked blocks in it."""
+        current = self.state(SSHD_CONFIG)
+        if current is None:
+            raise InstallError(f"{self.path(SSHD_CONFIG)} not found: is openssh-server installed?")
+        text = current.data.decode()
+        admins = OUR_BLOCKS.sub("", text)
+        if INCLUDES_DROPINS.search(text):
+            changes = [Change(DROPIN, dropin.encode(), 0o644)]
+            if admins != text:  # an earlier install's blocks: the drop-in replaces them
+                changes.append(Change(SSHD_CONFIG, admins.encode(), current.mode))
+            return changes
+        # Settings in a block at the very top (sshd takes the first value); a Match block in a
+        # second block at the very end, since a Match runs to the next Match or the end of file.
+        settings, matches = split_at_match(dropin)
+        if admins and not admins.endswith("\n"):
+            admins += "\n"
+        text = BLOCK_BEGIN + settings + BLOCK_END + admins
+        if matches:
+            text += MATCH_BEGIN + matches + BLOCK_END
+        return [Change(SSHD_CONFIG, text.encode(), current.mode)]
+
+    # --- install -----------------------------------------------------------------------
+
+    def install(self, options: InstallOptions) -> bool:
+        """Install; False when nothing changed. Validated, and rolled back on any failure."""
+        self._refuse_old_python()
+        self._sshd_valid_before()
+        changes = self.plan(options)
+        self._refuse_lockout(changes, options)
+        todo = [c for c in changes if not self._is_right(c)]
+        if not todo:
+            self.say("ssh-auth is already installed as asked: nothing to change.")
+            return False
+        if options.dry_run:
+            for change in todo:
+                self.say(_diff(change.path, self.read(change.path), change.data))
+            return True
+        created_user = passwd_entry(self.root, SERVICE_USER) is None
+        uids = ensure_service_account(self.root, self.say)
+        priors = {c.path: self.state(c.path) for c in todo}
+        new_dirs = sorted(
+            {
+                str(d.relative_to(self.root))
+                for c in todo
+                for d in self.path(c.path).parents
+                if d.is_relative_to(self.root) and d != self.root and not d.exists()
+            }
+        )
+        try:
+            for change in todo:
+                self._apply(change, uids)
+            self._validate(changes, options)
+            self._record(priors, new_dirs, created_user)
+        except BaseException:
+            self._restore(priors)
+            for directory in sorted(new_dirs, key=len, reverse=True):
+                remove_if_empty(self.path(directory))
+            raise
+        for change in todo:
+            self.say(f"{'removed' if change.data is None else 'wrote'} /{change.path}")
+        if any(c.path == f"{TUTORIAL_DIR}/tru.json" for c in todo):
+            self.say(
+                f"moved the API credentials out of /{TUTORIAL_DIR}/tru.json (readable by "
+                f"every user) to /{CREDENTIALS} (mode 0600, owner {SERVICE_USER})"
+            )
+        if any(c.path == f"{TUTORIAL_DIR}/tru-id-ssh-auth.conf" for c in todo):
+            self.say(
+                f"moved the phone numbers out of /{TUTORIAL_DIR}/tru-id-ssh-auth.conf (readable "
+                f"by every user) to /{CONFIG} (mode 0640, group {SERVICE_USER})"
+            )
+        self.say(
+            "next: systemctl daemon-reload && systemctl enable --now ssh-auth, "
+            "then reload sshd (systemctl reload ssh)"
+        )
+        return True
+
+    def _is_right(self, change: Change) -> bool:
+        """The file already has the change's bytes, mode, owner and group."""
+        current = self.state(change.path)
+        if change.data is None or current is None:
+            return change.data is None and current is None
+        service = passwd_entry(self.root, SERVICE_USER)
+        if service is None and SERVICE_USER in (change.owner, change.group):
+            return False
+        uid = service[0] if change.owner == SERVICE_USER else 0
+        gid = service[1] if change.group == SERVICE_USER else 0
+        return current == FileState(change.data, change.mode, uid, gid)
+
+    def _refuse_old_python(self) -> None:
+        ok, line = shim_python_check(str(self.root))
+        if not ok:
+            raise InstallError(line)
+
+    def _refuse_lockout(self, changes: list[Change], options: InstallOptions) -> None:
+        if not (options.force or options.exempt_networks):
+            refuse_lockout(self.root, next(c for c in changes if c.path == CONFIG).data.decode())
+
+    def _apply(self, change: Change, uids: tuple[int, int]) -> None:
+        target = self.path(change.path)
+        if change.data is None:
+            target.unlink(missing_ok=True)
+            return
+        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        uid = uids[0] if change.owner == SERVICE_USER else 0
+        gid = uids[1] if change.group == SERVICE_USER else 0
+        atomic_write(str(target), change.data, change.mode, uid, gid)
+
+    def _restore(self, priors: dict[str, FileState | None]) -> None:
+        """Every file exactly as it was: bytes, mode, owner and group (the service reads some)."""
+        for relative, prior in priors.items():
+            target = self.path(relative)
+            if prior is None:
+                target.unlink(missing_ok=True)
+            else:
+                atomic_write(str(target), prior.data, prior.mode, prior.uid, prior.gid)
+        if priors:
+            self.say("restored every file to what it was before")
+
+    def _record(
+        self, priors: dict[str, FileState | None], new_dirs: list[str], created_user: bool
+    ) -> None:
+        """Remember what was there before the first install, for uninstall."""
+        manifest = self.manifest() or {"files": {}, "dirs": [], "created_user": False}
+        for relative, prior in priors.items():
+            manifest["files"].setdefault(relative, None if prior is None else prior.recorded())
+        target = self.path(MANIFEST)
+        for directory in [
+            str(d.relative_to(self.root))
+            for d in target.parents
+            if d.is_relative_to(self.root) and d != self.root and not d.exists()
+        ]:
+            new_dirs.append(directory)
+        manifest["dirs"] = sorted(set(manifest["dirs"]) | set(new_dirs))
+        manifest["created_user"] = manifest["created_user"] or created_user
+        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        atomic_write(str(target), json.dumps(manifest, indent=1).encode(), 0o600)
+
+    # --- validation --------------------------------------------------------------------
+
+    def _sshd_valid_before(self) -> None:
+        error = self.sshd.test()
+        if error:
+            raise InstallError(
+                f"sshd's configuration is already invalid; fix it first, nothing was changed: {error}"
+            )
+
+    def _validate(self, changes: list[Change], options: InstallOptions) -> None:
+        error = self.sshd.test()
+        if error:
+            raise InstallError(f"sshd -t refused the new configuration: {error}")
+        settings = Settings.parse(next(c for c in changes if c.path == CONFIG).data.decode())
+        verdicts, notes = self.sshd.prove(
+            settings.socket, options.exempt_networks, options.allow_forwarding
+        )
+        for note in notes:
+            self.say(f"note: {note}")
+        for verdict in verdicts:
+            refusal = verdict.refusal()
+            if refusal:
+                raise InstallError(refusal)
+
+
+def remove_if_empty(directory: Path) -> None:
+    """rmdir, if nothing is in it (what is left was not ours to remove)."""
+    try:
+        directory.rmdir()
+    except OSError:
+        pass  # not empty, or gone: either way not ours to remove
+
+
+def _diff(relative: str, old: bytes | None, new: bytes | None) -> str:
+    if b"\0" in (old or b"") + (new or b"") or relative.endswith(".pyz"):
+        action = "would be removed" if new is None else f"would be written ({len(new)} bytes)"
+        return f"/{relative}: {action}"
+    return (
+        "".join(
+            difflib.unified_diff(
+                (old or b"").decode().splitlines(keepends=True),
+                (new or b"").decode().splitlines(keepends=True),
+                fromfile=f"/{relative}" if old is not None else "/dev/null",
+                tofile=f"/{relative}" if new is not None else "/dev/null",
+            )
+        )
+        or f"/{relative}: mode or owner only"
+    )

@@ -1,0 +1,36 @@
+"""Where everything lives on a server, and the names install gives it: one place for each.
+
+Paths are relative to the root install works on ('/' on a server, a temporary root in tests).
+"""
+
+import re
+
+from sshshim.protocol import DEFAULT_SOCKET, SERVICE_USER
+
+__all__ = ["DEFAULT_SOCKET", "SERVICE_USER"]  # the two the shim knows too, from its protocol
+
+CONFIG = "etc/ssh-auth/ssh-auth.conf"
+CREDENTIALS = "etc/ssh-auth/tru.json"
+SHIM = "usr/local/lib/ssh-auth/shim.pyz"
+UNIT = "etc/systemd/system/ssh-auth.service"
+MANIFEST = "var/lib/ssh-auth/install.json"
+SSHD_CONFIG = "etc/ssh/sshd_config"
+DROPIN = "etc/ssh/sshd_config.d/ssh-auth.conf"
+TUTORIAL_DIR = "usr/local/bin/tru-id-ssh-auth"
+TUTORIAL_BACKUP = "etc/ssh/sshd_confige"
+
+SHIM_PYTHON = "/usr/bin/python3"  # the system interpreter every login user can run
+SHIM_PYTHON_MIN = (3, 9)
+SHIM_PYTHON_CLAIM = "Debian 11+, Ubuntu 22.04+, RHEL 9+"
+ADMIN_GROUPS = ("sudo", "wheel", "admin")
+
+# Our marked blocks in sshd_config, where it has no Include of sshd_config.d.
+BLOCK_BEGIN = "# BEGIN ssh-auth (written by `ssh-auth install`; `ssh-auth uninstall` removes it)\n"
+MATCH_BEGIN = (
+    "# BEGIN ssh-auth Match blocks (written by `ssh-auth install`, last: a Match runs to the "
+    "end of the file)\n"
+)
+BLOCK_END = "# END ssh-auth\n"
+OUR_BLOCKS = re.compile(r"(?ms)^# BEGIN ssh-auth\b.*?^# END ssh-auth\n")
+INCLUDES_DROPINS = re.compile(r"(?im)^\s*Include\s+\S*sshd_config\.d/\*\.conf\s*$")
+TUTORIAL_FORCECOMMAND = re.compile(r"(?im)^\s*ForceCommand\s+\S*tru-id-ssh-auth.*\n?")
