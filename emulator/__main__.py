@@ -1,6 +1,7 @@
 """phonecheck-emulator: serve the emulated API, or play a phone against a check URL."""
 
 import argparse
+import ssl
 import sys
 
 DEFAULT_CLIENT_ID = "emulator-client-id"
@@ -17,6 +18,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--client-id", default=DEFAULT_CLIENT_ID)
     serve.add_argument("--client-secret", default=DEFAULT_CLIENT_SECRET)
     serve.add_argument("--rate-limit", type=int, default=6000, help="API calls per minute")
+    serve.add_argument(
+        "--public-url",
+        help="the base URL phones reach the emulator by, in the check URLs it hands out "
+        "(default: the one each request came to)",
+    )
+    serve.add_argument("--certfile", help="serve HTTPS with this certificate (PEM), as the API does")
+    serve.add_argument("--keyfile", help="the certificate's private key (PEM)")
     serve.add_argument(
         "--phone-page",
         action="store_true",
@@ -43,9 +51,14 @@ def serve(args) -> int:
     from .signing import Signer
 
     model = Model(args.client_id, args.client_secret, ttl=args.ttl, rate_limit=args.rate_limit)
-    app = create_app(model, Signer(), Controls(), phone_page=args.phone_page)
-    server = make_server(args.host, args.port, app, threaded=True)
-    print(f"phonecheck-emulator listening on http://{args.host}:{server.server_port}", flush=True)
+    app = create_app(model, Signer(), Controls(), args.phone_page, args.public_url)
+    tls = None
+    if args.certfile:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(args.certfile, args.keyfile)
+    server = make_server(args.host, args.port, app, threaded=True, ssl_context=tls)
+    scheme = "https" if tls else "http"
+    print(f"phonecheck-emulator listening on {scheme}://{args.host}:{server.server_port}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -4,7 +4,7 @@ import socket
 import time
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-from flask import Flask, Response, g, jsonify, redirect, render_template, request
+from flask import Flask, Response, current_app, g, jsonify, redirect, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from . import problems
@@ -15,9 +15,20 @@ from .signing import Signer
 API_ENDPOINTS = {"token", "create", "get", "patch", "redirect", "jwks"}
 
 
-def create_app(model: Model, signer: Signer, controls: Controls, phone_page: bool = False) -> Flask:
-    """The emulated PhoneCheck API, the simulated mobile network and the /_emulator/ controls."""
+def create_app(
+    model: Model,
+    signer: Signer,
+    controls: Controls,
+    phone_page: bool = False,
+    public_url: str | None = None,
+) -> Flask:
+    """The emulated PhoneCheck API, the simulated mobile network and the /_emulator/ controls.
+
+    public_url: the base URL phones reach it by, when that is not the one clients call it by (in
+    Docker Compose the service calls http://emulator:8081, a browser on the host 127.0.0.1:8081).
+    """
     app = Flask(__name__)
+    app.config["PUBLIC_URL"] = public_url
     app.url_map.merge_slashes = False  # the tutorial GETs checks//{id}; answer it, don't redirect
 
     @app.before_request
@@ -188,7 +199,7 @@ def _bearer() -> str | None:
 
 
 def _base() -> str:
-    return request.host_url.rstrip("/")
+    return (current_app.config.get("PUBLIC_URL") or request.host_url).rstrip("/")
 
 
 def _code_from_patch(body) -> str:

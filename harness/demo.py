@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .accounts import Ledger
 from .deployment import Gate
 from .emulator import VENV_BIN, Emulator
 
@@ -100,6 +101,14 @@ def main(argv=None) -> int:
         return 1
     os.environ.setdefault("LANG", "C.UTF-8")
     logs = Path(tempfile.mkdtemp(prefix="ssh-auth-demo-"))
+    ledger = Ledger()  # the demo's account goes when it ends
+    try:
+        return _run(args, logs)
+    finally:
+        ledger.restore()
+
+
+def _run(args, logs: Path) -> int:
     step(1, "starting the PhoneCheck emulator (no account, no network)")
     extra = ("--phone-page",) if args.interactive else ()
     with Emulator(logs / "emulator.log", *extra) as emulator:

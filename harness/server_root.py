@@ -175,3 +175,13 @@ def ssh_keyscan(port: int) -> bool:
         subprocess.run(["ssh-keyscan", "-p", str(port), "127.0.0.1"], capture_output=True).returncode
         == 0
     )
+
+
+def append(path: Path, text: str) -> None:
+    """Add lines at the end of a file (an admin's edit)."""
+    path.write_text(path.read_text() + text)
+
+
+def prepend(path: Path, text: str) -> None:
+    """Add lines at the start of a file (an admin's edit)."""
+    path.write_text(text + path.read_text())

@@ -1,4 +1,4 @@
-"""THE shim <-> service wire protocol (DESIGN §4): JSON objects, one per line, bounded. Stdlib only."""
+"""THE shim <-> service wire protocol: JSON lines, bounded (docs/architecture.md). Stdlib only."""
 
 from __future__ import annotations
 

@@ -19,6 +19,6 @@ def test_quick_benchmark_prints_the_table():
         "verdict-to-shell, median",
         "API calls per login (ssh-auth)",
         "gate's part of time-to-QR",
-        "12 logins at once: succeeded | all | 12/12 | 12/12",
+        "6 logins at once: succeeded | all | 6/6 | 6/6",
     ):
         assert row in result.stdout, result.stdout

@@ -1,4 +1,4 @@
-"""ssh-auth.conf: every DESIGN §5 key parsed and validated; mistakes named by file, line and key."""
+"""ssh-auth.conf: every setting parsed and validated; mistakes named by file, line and key."""
 
 import pytest
 

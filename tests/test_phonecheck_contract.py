@@ -1,4 +1,4 @@
-"""The API client against the emulator as a real server: the whole PhoneCheck contract (DESIGN §3)."""
+"""The API client against the emulator as a real server: the whole PhoneCheck contract."""
 
 import json
 import subprocess

@@ -8,9 +8,12 @@ import stat
 from dataclasses import dataclass, field, fields
 from urllib.parse import urlsplit
 
+from sshshim.protocol import DEFAULT_SOCKET
+
 from .errors import ExitCode, SshAuthError
 
 DEFAULT_CONFIG = "/etc/ssh-auth/ssh-auth.conf"
+DEFAULT_CREDENTIALS = "/etc/ssh-auth/tru.json"
 REGISTRY_KEYS = frozenset({"user", "header", "allow_once"})  # lines the registry reads
 
 
@@ -128,12 +131,12 @@ def _path(value: str) -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    """Every key of DESIGN §5 with its default; built only by Settings.load or by tests."""
+    """Every setting (docs/configuration.md) with its default; built by Settings.load or tests."""
 
     public_url: str | None = None
     listen: tuple[str, int] = ("127.0.0.1", 8080)
-    socket: str = "/run/ssh-auth/ssh-auth.sock"
-    credentials: str = "/etc/ssh-auth/tru.json"
+    socket: str = DEFAULT_SOCKET
+    credentials: str = DEFAULT_CREDENTIALS
     api_base_url: str | None = None
     insecure_api_base_url: bool = False
     data_residency: str | None = None

@@ -1,4 +1,4 @@
-"""The caller's SSH connection as the kernel knows it: the live sshd session process (DESIGN §5).
+"""The caller's SSH connection as the kernel knows it: its live sshd session process.
 
 sshd forks, per TCP connection, a root monitor (`sshd: USER [priv]`, a child of the root listener)
 and under it the session process owned by the user, whose children run the user's commands. So a

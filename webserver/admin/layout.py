@@ -7,10 +7,12 @@ import re
 
 from sshshim.protocol import DEFAULT_SOCKET, SERVICE_USER
 
+from ..config import DEFAULT_CONFIG, DEFAULT_CREDENTIALS
+
 __all__ = ["DEFAULT_SOCKET", "SERVICE_USER"]  # the two the shim knows too, from its protocol
 
-CONFIG = "etc/ssh-auth/ssh-auth.conf"
-CREDENTIALS = "etc/ssh-auth/tru.json"
+CONFIG = DEFAULT_CONFIG.lstrip("/")  # the service's defaults, under the root
+CREDENTIALS = DEFAULT_CREDENTIALS.lstrip("/")
 SHIM = "usr/local/lib/ssh-auth/shim.pyz"
 UNIT = "etc/systemd/system/ssh-auth.service"
 MANIFEST = "var/lib/ssh-auth/install.json"

@@ -1,4 +1,4 @@
-"""sshd's effective configuration, proven with `sshd -T -C` for every login that matters (DESIGN §6).
+"""sshd's effective configuration, proven with `sshd -T -C` for every login that matters.
 
 The whole configuration (every Include) is copied to a private directory twice, with and without
 our lines; sshd then reports, for a plain login and for every user, group, address and host any
