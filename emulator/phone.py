@@ -8,6 +8,7 @@ from urllib.parse import urlencode, urljoin
 import requests
 
 MAX_HOPS = 10
+CHECK_PATH = "/phone_check/"
 
 
 @dataclass
@@ -77,7 +78,17 @@ class Phone:
     def scan(
         self, check_url: str, sim: str | None = None, network_error: str | None = None
     ) -> requests.Response:
-        """Open the check URL (as `sim`, if given) and follow every redirect like a browser."""
+        """Open the check URL (as `sim`, if given) and follow every redirect like a browser.
+
+        A short URL (an auth-time QR's /q/...) is followed to the check URL first: the network
+        asks for the SIM on the check URL itself.
+        """
+        if CHECK_PATH not in check_url:
+            first = self.session.get(check_url, allow_redirects=False, timeout=self.timeout)
+            self._report(first)
+            if not first.is_redirect:
+                return first
+            check_url = urljoin(check_url, first.headers["Location"])
         params = {k: v for k, v in (("sim", sim), ("network_error", network_error)) if v}
         url = check_url + (("&" if "?" in check_url else "?") + urlencode(params) if params else "")
         response = self._get(url)

@@ -206,14 +206,7 @@ class Gate:
         host_key = self.root / "etc" / "host_ed25519"
         run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key))
         dropin = self.root / "etc" / "ssh-auth-dropin.conf"
-        dropin.write_text(
-            render_dropin(
-                shim=str(self.shim),
-                socket=str(self.socket),
-                exempt_networks=self.exempt_networks,
-                python=self.shim_python,
-            )
-        )
+        dropin.write_text(self.dropin())
         base = (REPO / "sshd_config").read_text()
         config = self.root / "etc" / "sshd_config"
         base = re.sub(r"(?m)^Include .*\n", "", base)
@@ -230,10 +223,23 @@ class Gate:
             "LogLevel": "VERBOSE",
             **self.sshd_options,
         }
-        argv = ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)]
+        argv = [self.sshd_program(), "-D", "-e", "-f", str(config)]
         for name, value in options.items():
             argv += ["-o", f"{name}={value}"]
         return argv
+
+    def dropin(self) -> str:
+        """The installer's drop-in for this deployment (ForceCommand mode)."""
+        return render_dropin(
+            shim=str(self.shim),
+            socket=str(self.socket),
+            exempt_networks=self.exempt_networks,
+            python=self.shim_python,
+        )
+
+    def sshd_program(self) -> str:
+        """The sshd binary to start (its name is its PAM service's)."""
+        return "/usr/sbin/sshd"
 
     def _start_sshd(self) -> None:
         self.sshd = ServerProcess(self.sshd_argv, self.root / "log" / "sshd.log", ready=self._sshd_ready)
@@ -316,11 +322,12 @@ class Deployments:
         self.emulator = emulator
         self._gates: dict[str, Gate] = {}
 
-    def get(self, settings: dict | None = None, **options) -> Gate:
-        """The running deployment with these settings and Gate options, started if need be."""
-        key = repr((sorted((settings or {}).items()), sorted(options.items())))
+    def get(self, settings: dict | None = None, kind: type = Gate, **options) -> Gate:
+        """The running deployment of this kind (Gate, PamGate) with these settings and options,
+        started if need be."""
+        key = repr((kind.__name__, sorted((settings or {}).items()), sorted(options.items())))
         if key not in self._gates:
-            gate = Gate(self.emulator, settings=settings, **options)
+            gate = kind(self.emulator, settings=settings, **options)
             gate.__enter__()
             self._gates[key] = gate
         return self._gates[key]

@@ -15,6 +15,7 @@ SERVICE_USER = "ssh-auth"
 
 OP_LOGIN = "login"
 OP_VERIFY = "verify"  # root only: check a phone before `ssh-auth register-user` saves it
+OP_PAM_LOGIN = "pam-login"  # root only: the PAM module, inside sshd's authentication
 EVENT_CHALLENGE = "challenge"
 EVENT_STATUS = "status"
 EVENT_VERDICT = "verdict"

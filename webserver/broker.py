@@ -12,6 +12,7 @@ from sshshim.protocol import (
     FIRST_LINE_TIMEOUT,
     FIRST_REPLY_TIMEOUT,
     OP_LOGIN,
+    OP_PAM_LOGIN,
     OP_VERIFY,
     LineReader,
     ProtocolError,
@@ -19,7 +20,7 @@ from sshshim.protocol import (
 )
 
 from . import connection as connections
-from . import reasons
+from . import pam_login, reasons
 from .audit import SUPPRESSED, Audit, Decision
 from .config import Settings
 from .flow import CheckFlow, send
@@ -31,6 +32,7 @@ from .policy import (
     CheckBudget,
     ConnectionAddresses,
     Denials,
+    OneCheckPerConnection,
     TrustedPlaces,
     Waiting,
     is_exempt,
@@ -73,6 +75,7 @@ class Broker:
         self.approvals = Approvals()
         self.trusted = TrustedPlaces()
         self.addresses = ConnectionAddresses()
+        self.checked_connections = OneCheckPerConnection()
         self.waiting = Waiting(LIMITS)
         self._housekept = time.monotonic()
         self._stopping = False
@@ -139,7 +142,14 @@ class Broker:
             return
         self._housekept = time.monotonic()
         try:
-            for store in (self.denials, self.budget, self.approvals, self.addresses, self.trusted):
+            for store in (
+                self.denials,
+                self.budget,
+                self.approvals,
+                self.addresses,
+                self.trusted,
+                self.checked_connections,
+            ):
                 store.prune()
             self._summarise()
         except Exception:  # never let housekeeping take the socket's loop down with it
@@ -186,7 +196,12 @@ class Broker:
     # --- one login ------------------------------------------------------------------------
 
     def _serve_login(self, sock, pid: int, uid: int, request: dict, started: float) -> None:
-        caller, refusal = self._identify(pid, uid, request)
+        if request.get("op") == OP_PAM_LOGIN:
+            caller, refusal = self._identify_pam(pid, uid, request)
+        else:
+            caller, refusal = self._identify(pid, uid, request)
+        # The account logging in: the peer's own, or (PAM module, as root) the one sshd names.
+        uid = caller.uid if caller else uid
         user = caller.user if caller else _user_name(uid)
         address = caller.address if caller else LOCAL
         check_id, verdict = None, refusal
@@ -203,7 +218,7 @@ class Broker:
                     self.waiting.release(keys)
         if verdict.outcome == "allowed" and caller.connection:
             self.trusted.remember(uid, address)
-            if self.settings.connection_reuse_seconds:
+            if self.settings.connection_reuse_seconds and request["op"] == OP_LOGIN:
                 self.approvals.remember(uid, caller.connection, self.settings.connection_reuse_seconds)
         # A denial without a check costs the caller nothing: a flood of them is summarised.
         if not verdict.allow and check_id is None and not self.denials.loggable((uid, address)):
@@ -236,11 +251,36 @@ class Broker:
             return caller, deny(reasons.ADDRESS_CHANGED)
         return caller, None
 
+    def _identify_pam(self, pid: int, uid: int, request: dict):
+        """The user the PAM module authenticates, as sshd (root) names it; or the refusal."""
+        if uid != 0 or not pam_login.valid_request(request):
+            return None, deny(reasons.MALFORMED)
+        connection = connections.of_pam_process(pid)
+        if connection is None:
+            return None, deny(reasons.NOT_SSH)
+        try:
+            entry = pwd.getpwnam(request["user"]) if USERNAME.fullmatch(request["user"]) else None
+        except KeyError:
+            entry = None
+        address = pam_login.client_address(request["rhost"])
+        if entry is None or address is None:
+            return None, deny(reasons.UNKNOWN_UID if address else reasons.MALFORMED)
+        bound = self.addresses.bind(connection, address)
+        key = pam_login.key_fingerprint(request["auth_info"])
+        caller = Caller(entry.pw_uid, entry.pw_gid, entry.pw_name, connection, bound, None, request, key)
+        if bound != address:
+            return caller, deny(reasons.ADDRESS_CHANGED)
+        return caller, None
+
     def _decide(self, sock, caller: Caller) -> tuple[str | None, Verdict]:
         """(check_id, verdict): by policy alone, or by the phone check it runs."""
-        if caller.request["op"] == OP_VERIFY:
+        op = caller.request["op"]
+        if op == OP_VERIFY:
             return self._verify_phone(sock, caller)
         settings = self.settings
+        if op == OP_PAM_LOGIN and caller.uid == 0 and settings.pam_root == "deny":
+            # sshd would refuse root after the phone approved (PermitRootLogin prohibit-password).
+            return None, deny(reasons.ROOT_KEY_ONLY)
         if is_exempt(caller.user, caller.groups(), settings.exempt_users, settings.exempt_groups):
             return None, Verdict(True, "exempt", reasons.EXEMPT)
         try:
@@ -250,9 +290,9 @@ class Broker:
         if registration.allow_once_until:
             when = time.strftime("%H:%M", time.localtime(registration.allow_once_until))
             return None, Verdict(True, "exempt", reasons.ALLOW_ONCE.format(until=when))
-        if self.approvals.reused(caller.uid, caller.connection):
+        if op == OP_LOGIN and self.approvals.reused(caller.uid, caller.connection):
             return None, Verdict(True, "reused", reasons.REUSED)
-        if is_sftp_session(caller.command, caller.request["tty"]):
+        if op == OP_LOGIN and is_sftp_session(caller.command, caller.request["tty"]):
             # Nobody could see its QR: refuse at once rather than hang until the deadline.
             return None, deny(reasons.SFTP_NEEDS_MASTER)
         if registration.malformed:
@@ -261,6 +301,9 @@ class Broker:
             if settings.unregistered == "allow":
                 return None, Verdict(True, "exempt", reasons.UNREGISTERED_ALLOWED)
             return None, deny(reasons.UNREGISTERED)
+        if op == OP_PAM_LOGIN and not self.checked_connections.first(caller.connection):
+            # A client retries keyboard-interactive on failure: one check per connection.
+            return None, deny(reasons.ONE_CHECK_PER_CONNECTION)
         return self._check(sock, caller, registration.phone)
 
     def _verify_phone(self, sock, caller: Caller) -> tuple[str | None, Verdict]:

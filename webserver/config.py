@@ -156,6 +156,8 @@ class Settings:
     ngrok_path: str | None = None
     ngrok_authtoken: str | None = field(default=None, repr=False)
     audit_log: str | None = None
+    pam_qr: str = "unicode"
+    pam_root: str = "deny"
     config_path: str = DEFAULT_CONFIG
 
     @classmethod
@@ -250,5 +252,7 @@ PARSERS = {
     "ngrok_path": _path,
     "ngrok_authtoken": str,
     "audit_log": _path,
+    "pam_qr": _choice("unicode", "ascii"),
+    "pam_root": _choice("deny", "check"),
 }
 assert set(PARSERS) | {"config_path"} == {f.name for f in fields(Settings)}

@@ -110,3 +110,21 @@ def _uid(pid: int, proc: str) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def of_pam_process(pid: int, proc: str = PROC) -> SshConnection | None:
+    """The SSH connection a PAM module's process (root) authenticates, or None.
+
+    sshd runs PAM in its root monitor, or in a child it forks for PAM (`sshd: USER [pam]`):
+    the connection is named by the monitor, whose pid and start time live as long as it does.
+    """
+    if _uid(pid, proc) != 0:
+        return None
+    found = _stat(pid, proc)
+    if found is None:
+        return None
+    for candidate in (pid, found[0]):
+        if _is_monitor(candidate, proc):
+            stat = _stat(candidate, proc)
+            return SshConnection(candidate, stat[1]) if stat else None
+    return None

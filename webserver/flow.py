@@ -13,11 +13,12 @@ from sshshim.protocol import (
     EVENT_CHALLENGE,
     EVENT_STATUS,
     FIRST_REPLY_TIMEOUT,
+    OP_PAM_LOGIN,
     encode,
     rows_reserved,
 )
 
-from . import qr, reasons
+from . import pam_login, qr, reasons
 from .audit import clean
 from .config import Settings
 from .logins import Caller, Login, PendingLogins, Verdict, deny, new_nonce
@@ -85,9 +86,15 @@ class CheckFlow:
             time.monotonic(),
             time.monotonic() + ttl,
             nonce,
+            check.check_url,
+            caller.key,
+            whole_connection=caller.request["op"] == OP_PAM_LOGIN,
         )
         self.logins.add(login)
-        send(sock, self.challenge(caller.request, check, number, ttl))
+        if caller.request["op"] == OP_PAM_LOGIN:
+            send(sock, self.pam_challenge(login, ttl))
+        else:
+            send(sock, self.challenge(caller.request, check, number, ttl))
         log.info("check %s started for %s from %s", check.check_id, caller.user, caller.address)
         return login, None
 
@@ -103,6 +110,16 @@ class CheckFlow:
             "check_url": check.check_url,
             "qr": rendering or NO_ROOM_FOR_QR,
             "number": number,
+            "expires_at": time.time() + ttl,
+        }
+
+    def pam_challenge(self, login: Login, ttl: float) -> dict:
+        """The PAM module's challenge: the whole prompt, around a QR of the login's short URL."""
+        short_url = f"{self.settings.public_url}/q/{login.short_token}"
+        return {
+            "event": EVENT_CHALLENGE,
+            "check_id": login.check_id,
+            "prompt": pam_login.prompt(short_url, login.number, self.settings.pam_qr),
             "expires_at": time.time() + ttl,
         }
 

@@ -29,7 +29,8 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Caller:
-    """Who asks: identity and connection from the kernel; terminal facts from the shim."""
+    """Who asks: identity and connection from the kernel (or, in auth-time mode, from sshd);
+    terminal facts from the shim."""
 
     uid: int
     gid: int
@@ -38,6 +39,7 @@ class Caller:
     address: str
     command: str | None
     request: dict
+    key: str | None = None  # the first factor's key, in auth-time mode
 
     def groups(self) -> list[str]:
         """The names of every group the user is in (gids without a name are skipped)."""
@@ -55,6 +57,16 @@ def deny(reason: str, outcome: str = "denied") -> Verdict:
     return Verdict(False, outcome, reason)
 
 
+def new_nonce() -> str:
+    """A login's own value for its redirect_url (128 bits, URL-safe)."""
+    return secrets.token_urlsafe(16)
+
+
+def new_short_token() -> str:
+    """The one-time path of a login's short URL, /q/<token> (128 bits, URL-safe)."""
+    return secrets.token_urlsafe(16)
+
+
 @dataclass
 class Login:
     """One login waiting for its phone; the webhook finds it by check_id."""
@@ -68,17 +80,16 @@ class Login:
     created: float
     deadline: float
     nonce: str = ""  # in the redirect_url this check was created with; the redirect must echo it
+    check_url: str = ""
+    key: str | None = None  # the first factor's key (auth-time mode), shown on the phone
+    whole_connection: bool = False  # auth-time mode: approving opens the connection, not a command
+    short_token: str = field(default_factory=new_short_token)  # /q/<token> redirects to check_url
     page_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     device: bytes | None = None  # hash of the cookie of the first browser that opened the page
     code: str | None = None
     claimed: bool = False
     verdict: Verdict | None = None
     wake: tuple[int, int] = field(default_factory=os.pipe)
-
-
-def new_nonce() -> str:
-    """A login's own value for its redirect_url (128 bits, URL-safe)."""
-    return secrets.token_urlsafe(16)
 
 
 def device_hash(cookie: str) -> bytes:
@@ -111,6 +122,14 @@ class PendingLogins:
         with self._lock:
             login = self._logins.get(check_id)
             return login if login and login.verdict is None else None
+
+    def by_short_token(self, token: str) -> Login | None:
+        """The waiting login whose short URL this is, if it is still waiting."""
+        with self._lock:
+            for login in self._logins.values():
+                if login.verdict is None and hmac.compare_digest(login.short_token, token):
+                    return login
+        return None
 
     def bind_device(self, login: Login, cookie: str) -> bool:
         """Bind the confirmation to the first browser that opens it; False for any other one."""

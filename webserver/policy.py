@@ -285,3 +285,28 @@ class Waiting:
                 self._counts[(kind, key)] -= 1
                 if not self._counts[(kind, key)]:
                     del self._counts[(kind, key)]
+
+
+class OneCheckPerConnection:
+    """SSH connections that have had their phone check (auth-time mode): a client retries
+    keyboard-interactive after a failure, and each retry must not start another check."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._checked: set[SshConnection] = set()
+
+    def first(self, connection: SshConnection) -> bool:
+        """True the first time a connection asks; False for every later ask."""
+        with self._lock:
+            if connection in self._checked:
+                return False
+            self._checked.add(connection)
+            return True
+
+    def prune(self) -> None:
+        """Forget connections that have ended."""
+        with self._lock:
+            connections = list(self._checked)
+        gone = {connection for connection in connections if not connection.alive()}
+        with self._lock:
+            self._checked -= gone

@@ -37,6 +37,13 @@ TOO_MANY_WAITING = "too many logins are waiting at once. Access denied."
 TOO_MANY_ATTEMPTS = "too many attempts; try again in {seconds} s. Access denied."
 TOO_MANY_CHECKS = "too many phone checks are being started; try again in {seconds} s. Access denied."
 NO_PUBLIC_URL = "the ssh-auth service has no public URL for the phone. Access denied."
+ROOT_KEY_ONLY = (
+    "sshd lets root in only with a key (PermitRootLogin), so the phone cannot approve root here. "
+    "Access denied."
+)
+ONE_CHECK_PER_CONNECTION = (
+    "this connection already had its phone check; reconnect to try again. Access denied."
+)
 INTERNAL = "internal error in the ssh-auth service. Access denied."
 
 # The mobile network's error codes, each with a fixed line: the network's own free text is never

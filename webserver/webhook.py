@@ -1,4 +1,5 @@
-"""/complete-check: GET verifies the phone's redirect and asks the person; POST approves or denies."""
+"""/complete-check: GET verifies the phone's redirect and asks the person; POST approves or denies.
+/q/<token>: a login's short URL (auth-time mode's QR) redirects the phone to its check URL."""
 
 import hmac
 import logging
@@ -6,7 +7,7 @@ import re
 import secrets
 import unicodedata
 
-from flask import Blueprint, current_app, make_response, render_template, request
+from flask import Blueprint, current_app, make_response, redirect, render_template, request
 
 from sshshim.protocol import UNSAFE_CATEGORIES
 
@@ -33,7 +34,9 @@ def _warn(kind: str, message: str, *args) -> None:
 # (a second viewer of the same URL, e.g. someone shoulder-surfing a shared link, cannot).
 DEVICE_COOKIE = "ssh_auth_device"
 FORM_FIELDS = ("check_id", "token", "action", "pick")
+SHORT_TOKEN = re.compile(r"[A-Za-z0-9_-]{22}")
 SPACE_RUN = re.compile(r" {4,}")  # shown as a count: a wide gap could push a payload off screen
+CONNECTION_WIDE = "the whole SSH connection: its shell, commands and forwarding"
 ENDED = (
     "This login has ended",
     "It was already approved or denied, it expired, or the SSH client left.",
@@ -88,6 +91,15 @@ def healthz():
     return {"ok": True}
 
 
+@bp.get("/q/<token>")
+def short_url(token: str):
+    """The phone scanned an auth-time QR: on to the check URL, while its login is waiting."""
+    login = _ctx().logins.by_short_token(token) if SHORT_TOKEN.fullmatch(token) else None
+    if login is None:
+        return _page(*ENDED, 404, advice="If you are still logging in, scan the newest QR code.")
+    return redirect(login.check_url, 302)
+
+
 @bp.get("/complete-check")
 def phone_arrives():
     """The phone's final redirect from the mobile network: a code, or the network's error."""
@@ -138,7 +150,7 @@ def phone_arrives():
         render_template(
             "confirm.html",
             login=login,
-            command=shown_command(login.command),
+            command=CONNECTION_WIDE if login.whole_connection else shown_command(login.command),
             host=ctx.hostname,
             number_match=ctx.settings.number_match,
         )

@@ -1,9 +1,11 @@
-"""The sshd drop-in: rendered from its one template, for install, Docker and the tests alike."""
+"""The sshd drop-ins, one per mode, each rendered from its one template for install, Docker and
+the tests alike."""
 
 import ipaddress
 from importlib.resources import files
 
 from .layout import DEFAULT_SOCKET, SHIM, SHIM_PYTHON
+from .pam_stack import login_grace_time
 from .proof import MATCH_LINE
 
 FORWARDING_OFF = "DisableForwarding yes\n"
@@ -38,6 +40,12 @@ def render_dropin(
     if networks:
         text += EXEMPT_BLOCK.format(networks=",".join(networks))
     return text
+
+
+def render_pam_dropin(ttl: int) -> str:
+    """The auth-time mode drop-in's text: publickey, then our PAM module, with time for the phone."""
+    template = files("webserver.admin").joinpath("data/sshd_dropin_pam.conf").read_text(encoding="utf-8")
+    return template.format(grace=login_grace_time(ttl))
 
 
 def forced_command(socket: str = DEFAULT_SOCKET) -> str:

@@ -1,0 +1,1 @@
+../../../pam/pam_ssh_auth.c
