@@ -4,9 +4,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SHIM   := build/shim.pyz
+PAM    := build/pam_ssh_auth.so
 STAMP  := $(VENV)/.installed
 
-.PHONY: bench demo demo-interactive test lint format shim system-packages system-packages-demo clean
+.PHONY: bench demo demo-interactive test lint format shim pam system-packages system-packages-demo clean
 
 demo: $(STAMP) system-packages-demo shim
 	$(BIN)/python -m harness.demo
@@ -14,12 +15,14 @@ demo: $(STAMP) system-packages-demo shim
 demo-interactive: $(STAMP) system-packages-demo shim
 	$(BIN)/python -m harness.demo --interactive
 
-test: $(STAMP) system-packages shim lint
+test: $(STAMP) system-packages shim pam lint
 	$(BIN)/pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	cppcheck --enable=warning,style,performance,portability --error-exitcode=1 \
+		--suppress=missingIncludeSystem --inline-suppr -q pam/pam_ssh_auth.c
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
@@ -32,6 +35,12 @@ shim: $(SHIM)
 $(SHIM): $(wildcard sshshim/*.py) webserver/admin/shim_build.py
 	$(PYTHON) -m webserver.admin.shim_build $(SHIM)
 
+pam: $(PAM)
+
+# The one PAM module builder (the installer uses it too): cc -Wall -Wextra -Werror, libpam, json-c.
+$(PAM): pam/pam_ssh_auth.c webserver/admin/pam_module.py
+	$(PYTHON) -m webserver.admin.pam_module $(PAM)
+
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
@@ -40,11 +49,17 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 # Debian packages: the demo needs OpenSSH; the tests also sftp-server, rsync, git, a headless
 # browser, debootstrap (Debian 11's Python 3.9, the oldest system Python the shim supports),
-# nginx (the documented reverse proxy) and systemd (systemd-analyze verify for the unit).
+# nginx (the documented reverse proxy) and systemd (systemd-analyze verify for the unit); and
+# what builds and checks the PAM module (a C compiler, libpam and json-c headers, cppcheck, valgrind).
 # Installed when missing (as root), with a policy-rc.d in place so that none of them starts as a
 # system service; the tests start their own.
 DEMO_PACKAGES := openssh-server openssh-client
-TEST_PACKAGES := $(DEMO_PACKAGES) openssh-sftp-server rsync git tmux chromium chromium-driver debootstrap nginx systemd
+PAM_PACKAGES  := gcc libc6-dev libpam0g-dev libjson-c-dev cppcheck valgrind
+TEST_PACKAGES := $(DEMO_PACKAGES) $(PAM_PACKAGES) openssh-sftp-server rsync git tmux chromium chromium-driver debootstrap nginx systemd
+
+# make docker-test: Debian's Docker daemon, sshpass for the README's password login, and (as for
+# the tests) debootstrap for the local debian:12-slim base and Chromium for the host's browser.
+DOCKER_PACKAGES := openssh-client sshpass debootstrap chromium chromium-driver docker.io
 
 system-packages-demo:
 	@$(call apt_ensure,$(DEMO_PACKAGES))
@@ -70,3 +85,21 @@ clean:
 	rm -rf build $(VENV) *.egg-info
 bench:	$(STAMP) system-packages shim
 	$(BIN)/python -m benchmarks
+
+# The Docker flow: the image's wheelhouse (offline installs), and the README's Docker lines run
+# for real against a Docker daemon (a running one, else Debian's dockerd started and stopped by
+# the test); see docs/operations.md "Docker".
+DOCKER_WHEELS := docker/wheels
+
+.PHONY: docker-wheels docker-test
+
+docker-wheels: $(DOCKER_WHEELS)/.made
+
+$(DOCKER_WHEELS)/.made: requirements.txt | $(STAMP)
+	rm -f $(DOCKER_WHEELS)/*.whl
+	$(BIN)/pip wheel --quiet --disable-pip-version-check -r requirements.txt setuptools wheel -w $(DOCKER_WHEELS)
+	touch $@
+
+docker-test: $(STAMP) docker-wheels
+	@$(call apt_ensure,$(DOCKER_PACKAGES))
+	SSH_AUTH_DOCKER_TEST=1 $(BIN)/pytest tests/test_docker_stack.py

@@ -6,14 +6,17 @@ sshd-satest-XXXX reads /etc/pam.d/sshd-satest-XXXX, which this gate writes and r
 """
 
 import os
+import re
 import secrets
 import shutil
+import threading
 from pathlib import Path
 
 from webserver.admin.dropin import render_pam_dropin
 from webserver.admin.pam_stack import render_pam_stack
 
-from .deployment import REPO, Gate
+from .deployment import REPO, Gate, Session
+from .people import PhoneHolder
 from .tty import TtyClient
 
 PAM_BUILD = REPO / "build" / "pam_ssh_auth.so"
@@ -21,8 +24,38 @@ PAM_DIR = Path("/etc/pam.d")
 SYSTEM_STACK = PAM_DIR / "sshd"  # Debian's, as openssh-server ships it: the base of ours
 
 
+SHORT_URL = re.compile(r"https?://\S+/q/[A-Za-z0-9_-]{22}")
+PERSON_CONFIG = """\
+Host *
+    IdentityFile {key}
+    IdentitiesOnly yes
+    BatchMode no
+    StrictHostKeyChecking no
+    UserKnownHostsFile /dev/null
+    ConnectTimeout 10
+"""
+
+
 class PamGate(Gate):
-    """Emulator + ssh-auth-server + a real sshd whose authentication asks our PAM module."""
+    """Emulator + ssh-auth-server + a real sshd whose authentication asks our PAM module.
+
+    root_key: root may log in with the test key, from a key file of this gate's own (root's own
+    authorized_keys is never touched).
+    """
+
+    def __init__(self, *args, root_key: bool = False, **options):
+        super().__init__(*args, **options)
+        self.root_key = root_key
+
+    def _sshd_files(self) -> list[str]:
+        if self.root_key:
+            keys = self.root / "etc" / "keys"
+            keys.mkdir()
+            (keys / "root").write_text(self.key.with_suffix(".pub").read_text())
+            # StrictModes would refuse a key file under /tmp, which others may write to.
+            extra = {"AuthorizedKeysFile": f".ssh/authorized_keys {keys}/%u", "StrictModes": "no"}
+            self.sshd_options = {**extra, **self.sshd_options}
+        return super()._sshd_files()
 
     def dropin(self) -> str:
         """The installer's auth-time drop-in (no ForceCommand; forwarding as the admin had it)."""
@@ -48,9 +81,17 @@ class PamGate(Gate):
         self.pam_service = name
         return str(program)
 
+    def prepare(self) -> None:
+        """The deployment's files, and a person's ssh_config for its clients."""
+        super().prepare()
+        self.ssh_config = self.root / "etc" / "ssh_config"
+        self.ssh_config.write_text(PERSON_CONFIG.format(key=self.key))
+
     def client_options(self) -> list[str]:
-        """A person's client: keyboard-interactive allowed (BatchMode=yes would refuse it)."""
-        return [o.replace("BatchMode=yes", "BatchMode=no") for o in super().client_options()]
+        """A person's client, from a config file (ProxyJump hands -F, and only -F, to its hop):
+        keyboard-interactive allowed and the default LogLevel, at which the client prints what
+        authentication tells the person."""
+        return ["-F", str(self.ssh_config)]
 
     def batch_options(self) -> list[str]:
         """A script's client: BatchMode=yes, as cron jobs and CI run ssh."""
@@ -61,3 +102,36 @@ class PamGate(Gate):
         client = TtyClient(self.ssh_argv(user, command, options=options), **popen)
         self.sessions.append(client)
         return client
+
+
+class PromptAnswerer:
+    """A person at the terminal with the right phone: for every prompt a client shows, scans its
+    QR (the short URL), approves, then presses Enter (until stopped)."""
+
+    def __init__(self, client: TtyClient, sim: str):
+        self.client, self.sim = client, sim
+        self.approved: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> "PromptAnswerer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            for url in SHORT_URL.findall(self.client.screen_text()):
+                if url not in self.approved:
+                    self.approved.append(url)
+                    PhoneHolder(self.sim).approve(url)
+                    self.client.press_enter()
+            self._stop.wait(0.02)
+
+
+def short_url(client: Session, timeout: float = 20.0) -> str:
+    """The short URL under the QR the client shows."""
+    return client.wait_for(SHORT_URL, timeout).group(0)

@@ -315,12 +315,15 @@ static struct json_object *next_message(struct reader *r, time_t deadline, const
     return message;
 }
 
-/* The verdict as PAM's answer: success only for allow. */
+/* The verdict as PAM's answer: success only for allow. An empty reason means the person was
+ * already told on this connection (a client's retry): then nothing more is shown. */
 static int verdict(pam_handle_t *pamh, struct json_object *message)
 {
-    int allowed = allows(message);
     const char *reason = text_field(message, "reason");
-    int rc = allowed ? PAM_SUCCESS : deny(pamh, reason != NULL && *reason ? reason : "Access denied.");
+    int rc = allows(message)                ? PAM_SUCCESS
+             : reason == NULL               ? deny(pamh, "Access denied.")
+             : *reason == '\0'              ? PAM_AUTH_ERR
+                                            : deny(pamh, reason);
     json_object_put(message);
     return rc;
 }

@@ -6,8 +6,10 @@ import pytest
 from harness.accounts import Ledger
 from harness.deployment import SHIM_BUILD, Deployments
 from harness.emulator import Emulator, write_tru_json
+from harness.pam_gate import PAM_BUILD, PamGate
 from harness.server_root import debian_root
 from harness.server_root import default_host_keys as host_keys
+from webserver.admin.pam_module import build as build_pam_module
 from webserver.admin.shim_build import write
 from webserver.config import load_credentials
 from webserver.phonecheck import PhoneCheckClient
@@ -52,6 +54,18 @@ def pytest_terminal_summary(terminalreporter):
 def shim_zipapp():
     """The shim exactly as deployed, from the one builder at every run (never a stale zipapp)."""
     write(str(SHIM_BUILD))
+
+
+@pytest.fixture(scope="session")
+def pam_module():
+    """The PAM module as deployed, from the one builder at every run."""
+    build_pam_module(str(PAM_BUILD))
+
+
+@pytest.fixture
+def pam_gate(deployments, emulator, pam_module):
+    """The default auth-time (PAM) deployment, shared by the PAM login tests."""
+    return deployments.get(kind=PamGate)
 
 
 @pytest.fixture(scope="session")

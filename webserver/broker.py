@@ -32,7 +32,7 @@ from .policy import (
     CheckBudget,
     ConnectionAddresses,
     Denials,
-    OneCheckPerConnection,
+    OneAnswerPerConnection,
     TrustedPlaces,
     Waiting,
     is_exempt,
@@ -75,7 +75,7 @@ class Broker:
         self.approvals = Approvals()
         self.trusted = TrustedPlaces()
         self.addresses = ConnectionAddresses()
-        self.checked_connections = OneCheckPerConnection()
+        self.answered = OneAnswerPerConnection()
         self.waiting = Waiting(LIMITS)
         self._housekept = time.monotonic()
         self._stopping = False
@@ -148,7 +148,7 @@ class Broker:
                 self.approvals,
                 self.addresses,
                 self.trusted,
-                self.checked_connections,
+                self.answered,
             ):
                 store.prune()
             self._summarise()
@@ -278,6 +278,10 @@ class Broker:
         if op == OP_VERIFY:
             return self._verify_phone(sock, caller)
         settings = self.settings
+        if op == OP_PAM_LOGIN and not self.answered.first(caller.connection):
+            # The client retries keyboard-interactive after a failure: one answer (and at most
+            # one check) per connection, and no second line under the first one.
+            return None, Verdict(False, "denied", reasons.RETRY_ON_CONNECTION, told=False)
         if op == OP_PAM_LOGIN and caller.uid == 0 and settings.pam_root == "deny":
             # sshd would refuse root after the phone approved (PermitRootLogin prohibit-password).
             return None, deny(reasons.ROOT_KEY_ONLY)
@@ -301,9 +305,6 @@ class Broker:
             if settings.unregistered == "allow":
                 return None, Verdict(True, "exempt", reasons.UNREGISTERED_ALLOWED)
             return None, deny(reasons.UNREGISTERED)
-        if op == OP_PAM_LOGIN and not self.checked_connections.first(caller.connection):
-            # A client retries keyboard-interactive on failure: one check per connection.
-            return None, deny(reasons.ONE_CHECK_PER_CONNECTION)
         return self._check(sock, caller, registration.phone)
 
     def _verify_phone(self, sock, caller: Caller) -> tuple[str | None, Verdict]:
@@ -347,7 +348,8 @@ class Broker:
         )
 
     def _send_verdict(self, sock: socket.socket, verdict: Verdict) -> None:
-        send(sock, {"event": EVENT_VERDICT, "allow": verdict.allow, "reason": verdict.reason})
+        reason = verdict.reason if verdict.told else ""
+        send(sock, {"event": EVENT_VERDICT, "allow": verdict.allow, "reason": reason})
 
 
 def _valid_request(request: dict) -> bool:

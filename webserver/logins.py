@@ -20,6 +20,7 @@ class Verdict:
     allow: bool
     outcome: str
     reason: str
+    told: bool = True  # False: the person already saw a reason on this connection (a retry)
 
     def __post_init__(self):
         assert self.outcome in OUTCOMES, self.outcome

@@ -287,9 +287,9 @@ class Waiting:
                     del self._counts[(kind, key)]
 
 
-class OneCheckPerConnection:
-    """SSH connections that have had their phone check (auth-time mode): a client retries
-    keyboard-interactive after a failure, and each retry must not start another check."""
+class OneAnswerPerConnection:
+    """SSH connections that have had their answer (auth-time mode): a client retries
+    keyboard-interactive after a failure, and a retry must not start another check."""
 
     def __init__(self):
         self._lock = threading.Lock()

@@ -41,8 +41,9 @@ ROOT_KEY_ONLY = (
     "sshd lets root in only with a key (PermitRootLogin), so the phone cannot approve root here. "
     "Access denied."
 )
-ONE_CHECK_PER_CONNECTION = (
-    "this connection already had its phone check; reconnect to try again. Access denied."
+RETRY_ON_CONNECTION = (
+    "the client retried on a connection that already had its answer; reconnect to try again. "
+    "Access denied."
 )
 INTERNAL = "internal error in the ssh-auth service. Access denied."
 
