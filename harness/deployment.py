@@ -209,7 +209,7 @@ class Gate:
         dropin.write_text(self.dropin())
         base = (REPO / "sshd_config").read_text()
         config = self.root / "etc" / "sshd_config"
-        base = re.sub(r"(?m)^Include .*\n", "", base)
+        base = re.sub(r"(?m)^(Include|Port) .*\n", "", base)  # only the test's port, never 22
         base = re.sub(r"(?m)^Subsystem sftp .*$", f"Subsystem sftp {self.sftp_subsystem}", base)
         config.write_text(f"Include {dropin}\n" + base)
         self.port = free_port()

@@ -99,7 +99,11 @@ class PamGate(Gate):
 
     def login(self, user: str, command: str | None = None, options: tuple = (), **popen) -> TtyClient:
         """A person logging in at an 80x24 terminal (the client's prompts go to its /dev/tty)."""
-        client = TtyClient(self.ssh_argv(user, command, options=options), **popen)
+        return self.at_terminal(self.ssh_argv(user, command, options=options), **popen)
+
+    def at_terminal(self, argv: list[str], **popen) -> TtyClient:
+        """Any client program (ssh, scp, sftp, rsync, git) started by a person at a terminal."""
+        client = TtyClient(argv, **popen)
         self.sessions.append(client)
         return client
 

@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
+from harness.camera import decode, same_url
 from harness.deployment import USERS, Session
 from harness.pam_gate import PamGate, short_url
 from harness.people import PhoneHolder
@@ -67,8 +69,6 @@ def test_approved_interactive_session_is_a_login_shell(pam_gate):
 
 
 def test_the_prompt_fits_80x24_and_its_qr_reads_as_the_short_url(pam_gate):
-    from harness.camera import decode, same_url
-
     client = pam_gate.login("sa-alice", "true")
     url = short_url(client)
     screen = client.screen_text().replace("\r", "")
@@ -274,8 +274,34 @@ def test_a_short_url_ends_with_its_login(pam_gate):
     PhoneHolder(ALICE).deny(url)
     client.press_enter()
     client.finish()
-    import requests
-
     assert requests.get(url, allow_redirects=False, timeout=5).status_code == 404
     assert requests.get(url[:-1] + "x", allow_redirects=False, timeout=5).status_code == 404
     assert os.path.basename(url)  # 22 URL-safe characters: 128 bits
+
+
+def test_login_grace_time_drops_the_pending_check_and_a_late_approve_runs_nothing(
+    deployments, pam_module, emulator, matrix
+):
+    gate = deployments.get(kind=PamGate, sshd_options={"LoginGraceTime": "3"})
+    ran = marker()
+    client = gate.login("sa-alice", f"touch {ran}")
+    check_url = requests.get(short_url(client), allow_redirects=False, timeout=5).headers["Location"]
+    # sshd ends the connection after 3 s; the client, blocked reading the terminal, notices it
+    # only at the next Enter.
+    abandoned = "abandoned (the SSH session went away)"
+    deadline = time.monotonic() + 15
+    while abandoned not in gate.service.log_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    page = PhoneHolder(ALICE).scan(check_url)  # too late: the page has no Approve left to press
+    client.press_enter()
+    status, out, _ = client.finish(timeout=20)
+    log = gate.service.log_text()
+    got = (
+        f"client exit {status}; late approve: {page.status_code} "
+        f"{'ended' if 'This login has ended' in page.text else page.text[:80]}; "
+        f"{'ran' if ran.exists() else 'nothing ran'}; "
+        f"{'patched' if 'patch' in emulator.calls() else 'no PATCH'}; "
+        f"audit: {'abandoned' if abandoned in log else 'no abandon'}"
+    )
+    expected = "client exit 255; late approve: 404 ended; nothing ran; no PATCH; audit: abandoned"
+    assert matrix("pam: LoginGraceTime reached, then a late Approve", expected, got) == expected
