@@ -11,6 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
+from webserver.admin.layout import PAM_DIR
+from webserver.admin.pam_files import module_dir
+
 from .accounts import client_key, ssh_client_options
 from .emulator import VENV_BIN
 from .processes import ServerProcess, free_port, run
@@ -28,7 +31,8 @@ def ssh_auth(*argv, check=False) -> subprocess.CompletedProcess:
 
 @contextmanager
 def debian_root(tmp_path: Path):
-    """A root directory that looks like a Debian server: sshd_config with an Include, accounts.
+    """A root directory that looks like a Debian server: sshd_config with an Include, accounts,
+    sshd's PAM stack and a PAM module directory.
 
     Yields (root, a tru.json, an ssh-auth.conf registering root); removed afterwards.
     """
@@ -37,6 +41,14 @@ def debian_root(tmp_path: Path):
     for name in ("passwd", "group", "shadow", "gshadow", "login.defs"):
         shutil.copy2(f"/etc/{name}", root / "etc" / name)
     run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "etc/ssh/host_key"))
+    # What auth-time mode edits: the machine's own PAM stack for sshd (and the files it
+    # includes), and a PAM module directory where the module goes (found by its pam_unix.so).
+    (root / PAM_DIR).mkdir(parents=True)
+    for stack in ("sshd", *sorted(p.name for p in Path("/etc/pam.d").glob("common-*"))):
+        shutil.copy2(f"/etc/pam.d/{stack}", root / PAM_DIR / stack)
+    machine = Path("/", module_dir(Path("/"))).resolve()
+    (root / machine.relative_to("/")).mkdir(parents=True)
+    shutil.copy2(machine / "pam_unix.so", root / machine.relative_to("/") / "pam_unix.so")
     (root / "etc/ssh/sshd_config").write_text(
         "Include /etc/ssh/sshd_config.d/*.conf\n"
         f"HostKey {root}/etc/ssh/host_key\nUsePAM no\nPasswordAuthentication no\n"
@@ -185,3 +197,24 @@ def append(path: Path, text: str) -> None:
 def prepend(path: Path, text: str) -> None:
     """Add lines at the start of a file (an admin's edit)."""
     path.write_text(text + path.read_text())
+
+
+def add_admin(root: Path, name: str, key: str | None) -> None:
+    """An administrator of the root only (passwd, the sudo group, a home), with `key` in
+    ~/.ssh/authorized_keys (None: no key)."""
+    passwd = root / "etc/passwd"
+    taken = {int(line.split(":")[2]) for line in passwd.read_text().splitlines()}
+    uid = next(uid for uid in range(4000, 60000) if uid not in taken)
+    append(passwd, f"{name}:x:{uid}:{uid}::/home/{name}:/bin/bash\n")
+    group = root / "etc/group"
+    group.write_text(
+        re.sub(
+            r"(?m)^(sudo:[^:]*:[^:]*:)(.*)$",
+            lambda m: m[1] + ",".join(filter(None, [m[2], name])),
+            group.read_text(),
+        )
+    )
+    keys = root / f"home/{name}/.ssh/authorized_keys"
+    keys.parent.mkdir(parents=True)
+    if key is not None:
+        keys.write_text(key)

@@ -36,6 +36,7 @@
 #define DEFAULT_TIMEOUT 180
 #define FIRST_REPLY_SECONDS 10
 #define MAX_LINE (64 * 1024)
+#define TOO_LONG (-2)
 #define MAX_FIELD 4096 /* user, rhost and auth_info, each, before escaping */
 #define ERROR_PREFIX "ssh-auth: "
 #define MAX_DEPTH 4 /* the service sends flat objects */
@@ -179,7 +180,8 @@ static int send_all(int fd, const char *data, size_t len)
     return 0;
 }
 
-/* The next line (without its newline) into *line, by the deadline: 0, or -1 on any failure. */
+/* The next line (without its newline) into *line, by the deadline: 0; TOO_LONG for a line over
+ * MAX_LINE; -1 on any other failure (closed, timed out, out of memory). */
 static int read_line(struct reader *r, time_t deadline, char **line)
 {
     for (;;) {
@@ -197,7 +199,7 @@ static int read_line(struct reader *r, time_t deadline, char **line)
             return 0;
         }
         if (r->len > MAX_LINE) {
-            return -1; /* over-long line */
+            return TOO_LONG;
         }
         time_t left = deadline - now();
         if (left <= 0) {
@@ -303,8 +305,9 @@ static char *build_request(pam_handle_t *pamh, const char *user)
 static struct json_object *next_message(struct reader *r, time_t deadline, const char **why)
 {
     char *line = NULL;
-    if (read_line(r, deadline, &line) != 0) {
-        *why = "the ssh-auth service did not answer. Access denied.";
+    int rc = read_line(r, deadline, &line);
+    if (rc != 0) {
+        *why = rc == TOO_LONG ? MALFORMED : "the ssh-auth service did not answer. Access denied.";
         return NULL;
     }
     struct json_object *message = parse_message(line);
@@ -338,7 +341,8 @@ static int relay(pam_handle_t *pamh, struct reader *r, const struct options *opt
 {
     const char *why = NULL;
     time_t deadline = now() + opts->timeout;
-    struct json_object *message = next_message(r, now() + FIRST_REPLY_SECONDS, &why);
+    int first = opts->timeout < FIRST_REPLY_SECONDS ? opts->timeout : FIRST_REPLY_SECONDS;
+    struct json_object *message = next_message(r, now() + first, &why);
     if (message == NULL) {
         return deny(pamh, why);
     }

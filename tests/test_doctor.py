@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.pam_gate import PAM_BUILD
 from harness.processes import free_port
-from harness.server_root import install, service_ids, ssh_auth
+from harness.server_root import install, prepend, service_ids, ssh_auth
 from webserver.admin.dropin import render_dropin
 
 
@@ -287,3 +288,132 @@ def test_doctor_proves_the_whole_configuration_in_one_line_per_failure(setup, ca
     assert status == 1, out
     expected = line.format(root=root, config=config)
     assert expected in out.splitlines(), out
+
+
+# --- auth-time (PAM) mode (issue 14) -------------------------------------------------------------
+
+
+@pytest.fixture
+def pam_setup(gate, target, tmp_path, pam_module):
+    """The gate's config, and a root where auth-time mode is installed."""
+    root, credentials, _ = target
+    config = tmp_path / "ssh-auth.conf"
+    config.write_text(gate.config.read_text() + "user=root:447700900129\n")
+    result = install(
+        root, credentials, config, "--mode", "pam", "--pam-module", str(PAM_BUILD), "--force"
+    )
+    assert result.returncode == 0, result.stderr
+    os.chown(config, 0, service_ids(root)[1])
+    config.chmod(0o640)
+    (unix,) = root.rglob("pam_unix.so")
+    return gate, root, config, "/" + str(unix.parent.relative_to(root) / "pam_ssh_auth.so")
+
+
+def test_a_healthy_pam_installation_is_all_ticks(pam_setup):
+    gate, root, config, module = pam_setup
+    status, out = doctor(config, root)
+    assert status == 0, out
+    assert "✗" not in out
+    for line in (
+        "✔ sshd asks every login for a key, then the phone (UsePAM yes, "
+        "KbdInteractiveAuthentication yes, AuthenticationMethods publickey,keyboard-interactive:pam)",
+        "✔ LoginGraceTime 180 s leaves time for a check of ttl 120 s",
+        "✔ the PAM stack /etc/pam.d/sshd runs ssh-auth's module alone: auth required "
+        f"pam_ssh_auth.so socket={gate.socket} timeout=150",
+        f"✔ the PAM module {module}: root 0644",
+        "✔ OpenSSH 9.2: no PAMServiceName before 9.8, so ssh-auth edits /etc/pam.d/sshd; before "
+        "10.3 the person presses Enter after approving on the phone",
+        "✔ pam_root = deny fits sshd's PermitRootLogin prohibit-password",
+    ):
+        assert line in out.splitlines(), out
+    for forcecommand_only in ("shim needs", "AcceptEnv", "run before the phone check"):
+        assert forcecommand_only not in out
+
+
+def replace_in(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+
+
+INSTALL_FIX = " — fix: ssh-auth install --mode pam, then reload sshd"
+STACK_FIX = " — fix: ssh-auth install --mode pam (it comments out every other auth line)"
+PAM_BROKEN = [
+    (
+        "module missing",
+        lambda r, c, m: (r / m.lstrip("/")).unlink(),
+        "✗ the PAM module {module} is missing: sshd denies every login" + INSTALL_FIX,
+    ),
+    (
+        "module group-writable",
+        lambda r, c, m: (r / m.lstrip("/")).chmod(0o664),
+        "✗ the PAM module {module} is 0:0 0664: sshd loads it as root — fix: chown root:root "
+        "{module} && chmod 0644 {module}",
+    ),
+    (
+        "module replaced by something else",
+        lambda r, c, m: (r / m.lstrip("/")).write_bytes(b"#!/bin/sh\n"),
+        "✗ the PAM module {module}: not an ELF shared object (build it with `make pam`, or leave "
+        "--pam-module out)" + INSTALL_FIX,
+    ),
+    (
+        "another auth line added to the stack",
+        lambda r, c, m: (r / "etc/pam.d/sshd").write_text(
+            (r / "etc/pam.d/sshd").read_text() + "auth sufficient pam_permit.so\n"
+        ),
+        "✗ the PAM stack /etc/pam.d/sshd would still run other auth lines, which could let a "
+        "login in without the phone: auth sufficient pam_permit.so" + STACK_FIX,
+    ),
+    (
+        "common-auth included again",
+        lambda r, c, m: replace_in(
+            r / "etc/pam.d/sshd", "#ssh-auth# @include common-auth", "@include common-auth"
+        ),
+        "✗ the PAM stack /etc/pam.d/sshd would still run other auth lines, which could let a "
+        "login in without the phone: @include common-auth: auth [success=1 default=ignore] "
+        "pam_unix.so nullok; @include common-auth: auth requisite pam_deny.so; @include "
+        "common-auth: auth required pam_permit.so; @include common-auth: auth optional pam_cap.so"
+        + STACK_FIX,
+    ),
+    (
+        "our line gone",
+        lambda r, c, m: replace_in(r / "etc/pam.d/sshd", "auth required pam_ssh_auth.so", "#"),
+        "✗ the PAM stack /etc/pam.d/sshd has no line for ssh-auth's module" + STACK_FIX,
+    ),
+    (
+        "pam_root = check under prohibit-password",
+        lambda r, c, m: replace_setting(c, "pam_root", "check"),
+        "✗ pam_root = check, but sshd's PermitRootLogin prohibit-password refuses "
+        "keyboard-interactive for root: sshd would refuse root after the phone approved — fix: "
+        "ssh-auth config set pam_root deny",
+    ),
+    (
+        "pam_root = deny under PermitRootLogin yes",
+        lambda r, c, m: prepend(r / "etc/ssh/sshd_config", "PermitRootLogin yes\n"),
+        "✗ pam_root = deny, but sshd's PermitRootLogin is yes: the service refuses root at once "
+        "— fix: ssh-auth config set pam_root check (or set PermitRootLogin prohibit-password)",
+    ),
+    (
+        "LoginGraceTime too short",
+        lambda r, c, m: prepend(r / "etc/ssh/sshd_config", "LoginGraceTime 60\n"),
+        "✗ sshd's LoginGraceTime is 60 s, shorter than the phone check needs (180 s: the ttl of "
+        "120 s + 60 s) — fix: set LoginGraceTime 180 (ssh-auth install --mode pam does)",
+    ),
+    (
+        "Match User with a key alone",
+        lambda r, c, m: (r / SSHD_CONFIG).write_text(
+            (r / SSHD_CONFIG).read_text() + "Match User backup\n    AuthenticationMethods publickey\n"
+        ),
+        "✗ Match User backup (/etc/ssh/sshd_config line 6) bypasses the phone check: "
+        "AuthenticationMethods is publickey" + BYPASS_FIX,
+    ),
+]
+
+
+@pytest.mark.parametrize("case, breaks, line", PAM_BROKEN, ids=[row[0] for row in PAM_BROKEN])
+def test_doctor_names_each_pam_problem_in_one_line(pam_setup, case, breaks, line):
+    gate, root, config, module = pam_setup
+    breaks(root, config, module)
+    status, out = doctor(config, root)
+    assert status == 1, out
+    assert line.format(module=module) in out.splitlines(), out

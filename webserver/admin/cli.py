@@ -7,6 +7,7 @@ from importlib.metadata import PackageNotFoundError, version
 from ..config import DEFAULT_CONFIG
 from ..errors import ExitCode, SshAuthError
 from . import users
+from .layout import MODES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-forwarding",
         action="store_true",
         help="keep port/agent forwarding (weakens the gate: see docs/security.md)",
+    )
+    install.add_argument(
+        "--mode",
+        choices=MODES,
+        help="pam: the phone check inside SSH authentication (every channel gated, forwarding "
+        "kept); forcecommand: before each session (default: the mode installed now, else "
+        "forcecommand)",
+    )
+    install.add_argument(
+        "--pam-module",
+        metavar="FILE",
+        help="with --mode pam: a prebuilt pam_ssh_auth.so (make pam) instead of building it here",
     )
     install.add_argument("--dry-run", action="store_true", help="show the diff, change nothing")
     install.add_argument(
@@ -106,7 +119,7 @@ def install(args) -> int:
     """Install the gate; the installer proves sshd's effective configuration or rolls back."""
     from .install import Installer, InstallOptions
 
-    if args.allow_forwarding:
+    if args.allow_forwarding and args.mode != "pam":
         print(
             "warning: --allow-forwarding keeps port and agent forwarding: a user who passed "
             "SSH authentication can forward ports with ssh -N, which never runs the phone "
@@ -123,6 +136,8 @@ def install(args) -> int:
         allow_forwarding=args.allow_forwarding,
         dry_run=args.dry_run,
         force=args.force,
+        mode=args.mode,
+        pam_module=args.pam_module,
     )
     Installer(args.root).install(options)
     return ExitCode.OK

@@ -17,6 +17,9 @@ from ..errors import InstallError
 from ..phonecheck import PhoneCheckClient, PhoneCheckError, base_url_for
 from ..registry import entries
 from .dropin import forced_command
+from .layout import FORCECOMMAND, PAM
+from .pam_checks import check_pam, check_pam_login
+from .pam_files import installed_mode
 from .proof import Verdict
 from .sshd import Sshd
 from .system import read, shim_python_check
@@ -71,15 +74,19 @@ def run_checks(config_path: str, root: str = "/") -> int:
         report.bad(f"configuration: {error}", fix)
         return 1
     report.ok(f"configuration {config_path} is valid")
+    mode = installed_mode(Path(root)) or FORCECOMMAND  # auth-time mode runs no shim
     _check_registry_access(report, config_path, root)
-    _check_shim_python(report, root)
+    if mode == FORCECOMMAND:
+        _check_shim_python(report, root)
     client = _check_credentials(report, settings)
     if client:
         _check_api(report, client)
     _check_webhook(report, settings)
     _check_socket(report, settings)
-    _check_sshd(report, settings, root)
-    _check_users(report, config_path)
+    _check_sshd(report, settings, root, mode)
+    if mode == PAM:
+        check_pam(report, settings, Path(root))
+    _check_users(report, config_path, start_up_files=mode == FORCECOMMAND)
     _check_balance(report, settings)
     return 1 if report.failed else 0
 
@@ -175,16 +182,19 @@ def _check_socket(report: Report, settings: Settings) -> None:
         report.ok(f"the service answers on {settings.socket}")
 
 
-def _check_sshd(report: Report, settings: Settings, root: str) -> None:
+def _check_sshd(report: Report, settings: Settings, root: str, mode: str) -> None:
     sshd = Sshd(Path(root))
     try:
-        verdicts, notes = sshd.prove(settings.socket, sshd.installed_exempt_networks())
+        verdicts, notes = sshd.prove(settings.socket, sshd.installed_exempt_networks(), mode=mode)
     except (InstallError, OSError, ValueError) as error:
         report.bad(f"sshd's configuration cannot be proven: {error}", "sshd -t; ssh-auth install")
         return
-    _check_plain_login(report, verdicts[0].effective, settings)
+    if mode == PAM:
+        check_pam_login(report, verdicts[0].effective, settings.ttl)
+    else:
+        _check_plain_login(report, verdicts[0].effective, settings)
     for verdict in verdicts[1:]:
-        _check_context(report, verdict)
+        _check_context(report, verdict, mode)
     for verdict in verdicts:
         if verdict.changes:
             report.bad(
@@ -194,7 +204,8 @@ def _check_sshd(report: Report, settings: Settings, root: str) -> None:
             )
     for note in notes:
         report.warn(note)
-    _check_accept_env(report, [v for v in verdicts if not v.exempt_network])
+    if mode == FORCECOMMAND:  # in auth-time mode the check is over before any variable is set
+        _check_accept_env(report, [v for v in verdicts if not v.exempt_network])
 
 
 def _check_plain_login(report: Report, effective: dict[str, str], settings: Settings) -> None:
@@ -217,7 +228,7 @@ def _check_plain_login(report: Report, effective: dict[str, str], settings: Sett
             )
 
 
-def _check_context(report: Report, verdict: Verdict) -> None:
+def _check_context(report: Report, verdict: Verdict, mode: str) -> None:
     """One line for a login some Match block (or an exempt network) singles out."""
     label = verdict.context.label
     if verdict.bypasses:
@@ -229,6 +240,8 @@ def _check_context(report: Report, verdict: Verdict) -> None:
         )
     elif verdict.exempt_network:
         report.ok(f"{label}: exempt (network {verdict.exempt_network}), as installed")
+    elif mode == PAM:
+        report.ok(f"{label}: a key, then the phone check")
     else:
         report.ok(f"{label}: the phone check, with no forwarding, tunnel, user rc or environment")
 
@@ -313,7 +326,7 @@ def _names(root: str, relative: str) -> dict[int, str]:
     return names
 
 
-def _check_users(report: Report, config_path: str) -> None:
+def _check_users(report: Report, config_path: str, start_up_files: bool) -> None:
     registered = entries(config_path)
     missing = [user for user, _ in registered if _home(user) is None]
     if missing:
@@ -322,6 +335,8 @@ def _check_users(report: Report, config_path: str) -> None:
         )
     else:
         report.ok(f"{len(registered)} registered user(s), all exist")
+    if not start_up_files:
+        return  # auth-time mode: the check is over before any start-up file runs
     for user, _ in registered:
         home = _home(user)
         found = [name for name in START_UP_FILES if home and (Path(home) / name).exists()]

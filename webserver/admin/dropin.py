@@ -4,7 +4,7 @@ the tests alike."""
 import ipaddress
 from importlib.resources import files
 
-from .layout import DEFAULT_SOCKET, SHIM, SHIM_PYTHON
+from .layout import DEFAULT_SOCKET, FORCECOMMAND, PAM, SHIM, SHIM_PYTHON
 from .pam_stack import login_grace_time
 from .proof import MATCH_LINE
 
@@ -12,8 +12,9 @@ FORWARDING_OFF = "DisableForwarding yes\n"
 EXEMPT_BLOCK = """
 # Logins from these networks skip the phone check (decided by sshd, not by what a client says).
 Match Address {networks}
-    ForceCommand none
+    {exemption}
 """
+EXEMPTIONS = {FORCECOMMAND: "ForceCommand none", PAM: "AuthenticationMethods publickey"}
 
 
 def render_dropin(
@@ -27,25 +28,30 @@ def render_dropin(
     for name, value in (("shim", shim), ("socket", socket), ("python", python)):
         if not value.startswith("/") or any(c.isspace() or c in "\"'\\" for c in value):
             raise ValueError(f"{name} path must be absolute, without spaces or quotes: {value!r}")
+    template = files("webserver.admin").joinpath("data/sshd_dropin.conf").read_text(encoding="utf-8")
+    text = template.format(
+        python=python, shim=shim, socket=socket, forwarding="" if allow_forwarding else FORWARDING_OFF
+    )
+    return text + _exempt_block(exempt_networks, FORCECOMMAND)
+
+
+def render_pam_dropin(ttl: int, exempt_networks: tuple[str, ...] = ()) -> str:
+    """The auth-time mode drop-in's text: publickey, then our PAM module, with time for the phone;
+    logins from exempt networks need the key only."""
+    template = files("webserver.admin").joinpath("data/sshd_dropin_pam.conf").read_text(encoding="utf-8")
+    return template.format(grace=login_grace_time(ttl)) + _exempt_block(exempt_networks, PAM)
+
+
+def _exempt_block(exempt_networks: tuple[str, ...], mode: str) -> str:
     networks = []
     for network in exempt_networks:
         try:
             networks.append(str(ipaddress.ip_network(network, strict=False)))
         except ValueError:
             raise ValueError(f"not a network address: {network!r} (e.g. 10.0.0.0/8)") from None
-    template = files("webserver.admin").joinpath("data/sshd_dropin.conf").read_text(encoding="utf-8")
-    text = template.format(
-        python=python, shim=shim, socket=socket, forwarding="" if allow_forwarding else FORWARDING_OFF
-    )
-    if networks:
-        text += EXEMPT_BLOCK.format(networks=",".join(networks))
-    return text
-
-
-def render_pam_dropin(ttl: int) -> str:
-    """The auth-time mode drop-in's text: publickey, then our PAM module, with time for the phone."""
-    template = files("webserver.admin").joinpath("data/sshd_dropin_pam.conf").read_text(encoding="utf-8")
-    return template.format(grace=login_grace_time(ttl))
+    if not networks:
+        return ""
+    return EXEMPT_BLOCK.format(networks=",".join(networks), exemption=EXEMPTIONS[mode])
 
 
 def forced_command(socket: str = DEFAULT_SOCKET) -> str:

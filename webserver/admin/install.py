@@ -2,52 +2,51 @@
 
 import difflib
 import json
+import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..config import Settings, load_credentials
 from ..errors import InstallError
 from ..files import atomic_write
 from ..registry import RegistryError, check_username, normalise_phone, parse_entry
-from .dropin import render_dropin, split_at_match
+from .dropin import render_dropin, render_pam_dropin, split_at_match
 from .layout import (
     BLOCK_BEGIN,
     BLOCK_END,
     CONFIG,
     CREDENTIALS,
     DROPIN,
+    FORCECOMMAND,
     INCLUDES_DROPINS,
     MANIFEST,
     MATCH_BEGIN,
+    MODES,
     OUR_BLOCKS,
+    PAM,
+    PAM_STACK,
     SERVICE_USER,
     SHIM,
     SSHD_CONFIG,
     TUTORIAL_DIR,
     UNIT,
 )
-from .root import FileState, ServerRoot
+from .pam_files import installed_mode, pam_changes, stack_refusal
+from .proof import BYPASS_ADVICE, PROBE_ADDRESSES, grace_refusal
+from .root import Change, FileState, ServerRoot, owner_ids
 from .shim_build import archive as shim_archive
 from .sshd import Sshd
 from .system import (
     ensure_service_account,
     passwd_entry,
     refuse_lockout,
+    refuse_pam_lockout,
     shim_python_check,
 )
 from .unit import render_unit
 
-
-@dataclass
-class Change:
-    """One file as install wants it: new bytes (None: remove), mode and owner."""
-
-    path: str
-    data: bytes | None
-    mode: int = 0o644
-    owner: str = "root"
-    group: str = "root"
+PAM_ROOT_SET = re.compile(r"(?m)^\s*pam_root\s*=")
 
 
 @dataclass
@@ -61,6 +60,8 @@ class InstallOptions:
     allow_forwarding: bool = False
     dry_run: bool = False
     force: bool = False
+    mode: str | None = None  # forcecommand or pam; None: the mode installed now, else forcecommand
+    pam_module: str | None = None  # a prebuilt module for pam mode (else it is built here)
 
 
 class Installer(ServerRoot):
@@ -69,12 +70,19 @@ class Installer(ServerRoot):
     def __init__(self, root: str = "/", say=print):
         super().__init__(root, say)
         self.sshd = Sshd(self.root)
+        self._effective: dict[str, dict[str, str]] = {}
 
     # --- planning ----------------------------------------------------------------------
 
     def plan(self, options: InstallOptions) -> list[Change]:
         """Every file install writes, as it should end up."""
+        options = self._with_mode(options)
         config_text = self._config_text(options)
+        # In auth-time mode the service refuses root at once unless sshd lets root use
+        # keyboard-interactive at all (otherwise sshd refuses root after the phone approved).
+        root_login = self.effective_for("root").get("permitrootlogin") if options.mode == PAM else None
+        if root_login == "yes" and not PAM_ROOT_SET.search(config_text):
+            config_text += "pam_root = check\n"
         settings = Settings.parse(config_text, "/" + CONFIG)
         changes = [Change(CONFIG, config_text.encode(), 0o640, "root", SERVICE_USER)]
         credentials = self._credentials(options)
@@ -84,14 +92,26 @@ class Installer(ServerRoot):
         for leftover in (f"{TUTORIAL_DIR}/tru.json", f"{TUTORIAL_DIR}/tru-id-ssh-auth.conf"):
             if self.read(leftover) is not None:
                 changes.append(Change(leftover, None))
-        changes.append(Change(SHIM, shim_archive(), 0o644))
+        if options.mode == FORCECOMMAND:
+            changes.append(Change(SHIM, shim_archive(), 0o644))
+        elif self.read(SHIM) is not None:  # auth-time mode runs no shim
+            changes.append(Change(SHIM, None))
         server = Path(sys.prefix) / "bin" / "ssh-auth-server"
         changes.append(Change(UNIT, render_unit(str(server)).encode(), 0o644))
-        dropin = render_dropin(
-            "/" + SHIM, settings.socket, options.allow_forwarding, options.exempt_networks
-        )
+        if options.mode == PAM:
+            dropin = render_pam_dropin(settings.ttl, options.exempt_networks)
+        else:
+            dropin = render_dropin(
+                "/" + SHIM, settings.socket, options.allow_forwarding, options.exempt_networks
+            )
         changes += self._sshd_changes(dropin)
-        return changes
+        return changes + pam_changes(self, options.mode, settings, options.pam_module)
+
+    def effective_for(self, user: str) -> dict[str, str]:
+        """sshd's effective settings for a plain login as `user` (asked once per user)."""
+        if user not in self._effective:
+            self._effective[user] = self.sshd.effective(PROBE_ADDRESSES[0], user)
+        return self._effective[user]
 
     def _config_text(self, options: InstallOptions) -> str:
         existing = self.read(CONFIG)
@@ -172,7 +192,9 @@ class Installer(ServerRoot):
 
     def install(self, options: InstallOptions) -> bool:
         """Install; False when nothing changed. Validated, and rolled back on any failure."""
-        self._refuse_old_python()
+        options = self._with_mode(options)
+        if options.mode == FORCECOMMAND:
+            self._refuse_old_python()
         self._sshd_valid_before()
         changes = self.plan(options)
         self._refuse_lockout(changes, options)
@@ -221,19 +243,34 @@ class Installer(ServerRoot):
             "next: systemctl daemon-reload && systemctl enable --now ssh-auth, "
             "then reload sshd (systemctl reload ssh)"
         )
+        if options.mode == PAM:
+            self.say(
+                "auth-time mode: every login now needs a key, then the phone; keep this session "
+                "open until a new login works"
+            )
         return True
+
+    def _with_mode(self, options: InstallOptions) -> InstallOptions:
+        """The options with their mode settled: as asked, else as installed, else forcecommand."""
+        mode = options.mode or installed_mode(self.root) or FORCECOMMAND
+        if mode not in MODES:
+            raise InstallError(f"--mode {mode}: give {' or '.join(MODES)}")
+        if mode != PAM and options.pam_module:
+            raise InstallError("--pam-module is for --mode pam (forcecommand mode runs no PAM module)")
+        if mode == PAM and options.allow_forwarding:
+            raise InstallError(
+                "--allow-forwarding is for --mode forcecommand: auth-time mode leaves forwarding "
+                "as your sshd configuration has it"
+            )
+        return replace(options, mode=mode)
 
     def _is_right(self, change: Change) -> bool:
         """The file already has the change's bytes, mode, owner and group."""
         current = self.state(change.path)
         if change.data is None or current is None:
             return change.data is None and current is None
-        service = passwd_entry(self.root, SERVICE_USER)
-        if service is None and SERVICE_USER in (change.owner, change.group):
-            return False
-        uid = service[0] if change.owner == SERVICE_USER else 0
-        gid = service[1] if change.group == SERVICE_USER else 0
-        return current == FileState(change.data, change.mode, uid, gid)
+        ids = owner_ids(change, passwd_entry(self.root, SERVICE_USER))
+        return ids is not None and current == FileState(change.data, change.mode, *ids)
 
     def _refuse_old_python(self) -> None:
         ok, line = shim_python_check(str(self.root))
@@ -241,8 +278,14 @@ class Installer(ServerRoot):
             raise InstallError(line)
 
     def _refuse_lockout(self, changes: list[Change], options: InstallOptions) -> None:
-        if not (options.force or options.exempt_networks):
-            refuse_lockout(self.root, next(c for c in changes if c.path == CONFIG).data.decode())
+        config_text = next(c for c in changes if c.path == CONFIG).data.decode()
+        if options.force:
+            return
+        if options.mode == PAM:
+            exempt = bool(options.exempt_networks)
+            refuse_pam_lockout(self.root, config_text, self.effective_for, exempt)
+        elif not options.exempt_networks:
+            refuse_lockout(self.root, config_text)
 
     def _apply(self, change: Change, uids: tuple[int, int]) -> None:
         target = self.path(change.path)
@@ -250,9 +293,7 @@ class Installer(ServerRoot):
             target.unlink(missing_ok=True)
             return
         target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        uid = uids[0] if change.owner == SERVICE_USER else 0
-        gid = uids[1] if change.group == SERVICE_USER else 0
-        atomic_write(str(target), change.data, change.mode, uid, gid)
+        atomic_write(str(target), change.data, change.mode, *owner_ids(change, uids))
 
     def _restore(self, priors: dict[str, FileState | None]) -> None:
         """Every file exactly as it was: bytes, mode, owner and group (the service reads some)."""
@@ -299,7 +340,7 @@ class Installer(ServerRoot):
             raise InstallError(f"sshd -t refused the new configuration: {error}")
         settings = Settings.parse(next(c for c in changes if c.path == CONFIG).data.decode())
         verdicts, notes = self.sshd.prove(
-            settings.socket, options.exempt_networks, options.allow_forwarding
+            settings.socket, options.exempt_networks, options.allow_forwarding, options.mode
         )
         for note in notes:
             self.say(f"note: {note}")
@@ -307,6 +348,17 @@ class Installer(ServerRoot):
             refusal = verdict.refusal()
             if refusal:
                 raise InstallError(refusal)
+        if options.mode == PAM:
+            grace = grace_refusal(verdicts[0].effective, settings.ttl)
+            if grace:
+                raise InstallError(f"refusing to install: {grace}{BYPASS_ADVICE}")
+            stack = (self.read(PAM_STACK) or b"").decode(errors="replace")
+            refusal = stack_refusal(self.root, stack)
+            if refusal:
+                raise InstallError(
+                    f"refusing to install: {refusal} (take them out of sshd's auth stack, "
+                    "and install again)"
+                )
 
 
 def remove_if_empty(directory: Path) -> None:

@@ -20,6 +20,23 @@ SSHD_CONFIG = "etc/ssh/sshd_config"
 DROPIN = "etc/ssh/sshd_config.d/ssh-auth.conf"
 TUTORIAL_DIR = "usr/local/bin/tru-id-ssh-auth"
 TUTORIAL_BACKUP = "etc/ssh/sshd_confige"
+PAM_DIR = "etc/pam.d"  # sshd's PAM stack is PAM_DIR/sshd (OpenSSH before 9.8 names no other)
+PAM_STACK = f"{PAM_DIR}/sshd"
+# Where libpam looks for modules by name: the directory that holds pam_unix.so, searched in this
+# order ({multiarch} is this machine's, e.g. x86_64-linux-gnu).
+PAM_MODULE_DIRS = (
+    "lib/{multiarch}/security",
+    "usr/lib/{multiarch}/security",
+    "lib/x86_64-linux-gnu/security",
+    "usr/lib/x86_64-linux-gnu/security",
+    "lib64/security",
+    "usr/lib64/security",
+    "lib/security",
+    "usr/lib/security",
+)
+
+FORCECOMMAND, PAM = "forcecommand", "pam"  # the install modes: the shim, or the PAM module
+MODES = (FORCECOMMAND, PAM)
 
 SHIM_PYTHON = "/usr/bin/python3"  # the system interpreter every login user can run
 SHIM_PYTHON_MIN = (3, 9)

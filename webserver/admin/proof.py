@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..errors import InstallError
 from .layout import DROPIN, OUR_BLOCKS, SSHD_CONFIG
+from .pam_stack import GRACE_MARGIN, login_grace_time
 
 INCLUDE_LINE = re.compile(r"(?i)^(\s*)include(?:\s*=\s*|\s+)(.*?)\s*$")
 MATCH_LINE = re.compile(r"(?i)^\s*match(?:\s*=\s*|\s+)(.*?)\s*$")
@@ -34,6 +35,19 @@ KEYWORDS = {
     "permittunnel": "PermitTunnel",
     "permituserrc": "PermitUserRC",
     "permituserenvironment": "PermitUserEnvironment",
+}
+# What the auth-time (PAM) drop-in sets, and what every protected login must end up with.
+PAM_KEYWORDS = {
+    "usepam": "UsePAM",
+    "kbdinteractiveauthentication": "KbdInteractiveAuthentication",
+    "authenticationmethods": "AuthenticationMethods",
+    "logingracetime": "LoginGraceTime",
+}
+PAM_METHODS = "publickey,keyboard-interactive:pam"
+PAM_NEEDS = {
+    "usepam": "yes",
+    "kbdinteractiveauthentication": "yes",
+    "authenticationmethods": PAM_METHODS,
 }
 BYPASS_ADVICE = (
     " (sshd takes a keyword's first value, and a Match block's over the global one; "
@@ -228,11 +242,7 @@ class Verdict:
     @classmethod
     def judge(cls, context, admins, ours, forced, exempt_network, allow_forwarding) -> "Verdict":
         """Compare sshd's answer for a login with the admin's own lines and with ours added."""
-        changes = tuple(
-            f"{key} from {admins.get(key, '(unset)')} to {ours.get(key, '(unset)')}"
-            for key in sorted(set(admins) | set(ours))
-            if key not in KEYWORDS and admins.get(key) != ours.get(key)
-        )
+        changes = _changes(admins, ours, KEYWORDS)
         if exempt_network:
             gated = context.kind == "exempt" and ours.get("forcecommand") != "none"
             return cls(context, ours, exempt_network, (), changes, gated)
@@ -245,6 +255,20 @@ class Verdict:
             if ours.get(key, "no") != "no":
                 bypasses.append(f"{KEYWORDS[key]} is {ours[key]}")
         return cls(context, ours, None, tuple(bypasses), changes)
+
+    @classmethod
+    def judge_pam(cls, context, admins, ours, exempt_network) -> "Verdict":
+        """The same comparison in auth-time mode: a key, then our PAM module, for every login."""
+        changes = _changes(admins, ours, PAM_KEYWORDS)
+        if exempt_network:
+            gated = context.kind == "exempt" and ours.get("authenticationmethods") == PAM_METHODS
+            return cls(context, ours, exempt_network, (), changes, gated)
+        bypasses = tuple(
+            f"{PAM_KEYWORDS[key]} is {ours.get(key, '(unset)')}"
+            for key, wanted in PAM_NEEDS.items()
+            if ours.get(key) != wanted
+        )
+        return cls(context, ours, None, bypasses, changes)
 
     def refusal(self) -> str | None:
         """Install's one line when this login is not as it must be, else None."""
@@ -262,6 +286,26 @@ class Verdict:
                 "may change nothing of yours)"
             )
         return None
+
+
+def _changes(admins: dict[str, str], ours: dict[str, str], keywords: dict[str, str]):
+    """Every effective setting our lines change beyond the keywords the drop-in sets."""
+    return tuple(
+        f"{key} from {admins.get(key, '(unset)')} to {ours.get(key, '(unset)')}"
+        for key in sorted(set(admins) | set(ours))
+        if key not in keywords and admins.get(key) != ours.get(key)
+    )
+
+
+def grace_refusal(effective: dict[str, str], ttl: int) -> str | None:
+    """Why sshd's LoginGraceTime (global only) would cut the phone check short (None: it will not)."""
+    grace, needed = int(effective.get("logingracetime", "0")), login_grace_time(ttl)
+    if grace == 0 or grace >= needed:
+        return None
+    return (
+        f"sshd's LoginGraceTime is {grace} s, shorter than the phone check needs ({needed} s: "
+        f"the ttl of {ttl} s + {GRACE_MARGIN} s)"
+    )
 
 
 def _forwarding_on(settings: dict[str, str]) -> bool:

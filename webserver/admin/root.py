@@ -1,5 +1,5 @@
-"""A server's files under a root ('/' on a server): read with their mode and owner, and the
-manifest of what install changed (for rollback and uninstall)."""
+"""A server's files under a root ('/' on a server): read with their mode and owner, the changes
+install plans to them, and the manifest of what it changed (for rollback and uninstall)."""
 
 import base64
 import json
@@ -7,7 +7,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from .layout import MANIFEST
+from .layout import MANIFEST, SERVICE_USER
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,49 @@ class FileState:
         """The manifest's form (a manifest of the first release held only the bytes)."""
         data = base64.b64encode(self.data).decode()
         return {"data": data, "mode": f"{self.mode:04o}", "uid": self.uid, "gid": self.gid}
+
+    @classmethod
+    def from_record(cls, recorded: dict | str, current: "FileState | None") -> "FileState":
+        """A file as the manifest recorded it; from a bytes-only record, never widen access."""
+        if isinstance(recorded, str):
+            mode, uid, gid = (current.mode, current.uid, current.gid) if current else (0o600, 0, 0)
+            return cls(base64.b64decode(recorded), mode, uid, gid)
+        data = base64.b64decode(recorded["data"])
+        return cls(data, int(recorded["mode"], 8), recorded["uid"], recorded["gid"])
+
+
+@dataclass
+class Change:
+    """One file as install wants it: new bytes (None: remove), mode and owner."""
+
+    path: str
+    data: bytes | None
+    mode: int = 0o644
+    owner: str | int = "root"  # a name, or a uid kept from before (a file given back)
+    group: str | int = "root"
+
+    @classmethod
+    def giving_back(cls, path: str, recorded: dict | str | None, current) -> "Change":
+        """A file as the manifest recorded it before the first install (None: removed)."""
+        if recorded is None:
+            return cls(path, None)
+        prior = FileState.from_record(recorded, current)
+        return cls(path, prior.data, prior.mode, prior.uid, prior.gid)
+
+
+def owner_ids(change: Change, service: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The uid and gid a change asks for (None: the service user it names does not exist yet)."""
+    ids = []
+    for name, index in ((change.owner, 0), (change.group, 1)):
+        if isinstance(name, int):
+            ids.append(name)
+        elif name != SERVICE_USER:
+            ids.append(0)
+        elif service is None:
+            return None
+        else:
+            ids.append(service[index])
+    return ids[0], ids[1]
 
 
 class ServerRoot:

@@ -12,6 +12,8 @@ from ..policy import is_exempt
 from ..registry import parse_entry
 from .layout import ADMIN_GROUPS, SERVICE_USER, SHIM_PYTHON, SHIM_PYTHON_CLAIM, SHIM_PYTHON_MIN
 
+SHOWN = {"without-password": "prohibit-password"}  # sshd -T prints PermitRootLogin's old name
+
 
 def read(root: Path, relative: str) -> bytes | None:
     """A file's bytes under the root, or None."""
@@ -23,10 +25,21 @@ def read(root: Path, relative: str) -> bytes | None:
 
 def passwd_entry(root: Path, name: str) -> tuple[int, int] | None:
     """(uid, gid) of an account in the root's etc/passwd, or None."""
+    fields = _passwd_fields(root, name)
+    return (int(fields[2]), int(fields[3])) if fields else None
+
+
+def home_of(root: Path, name: str) -> str | None:
+    """An account's home directory as the root's etc/passwd gives it, or None."""
+    fields = _passwd_fields(root, name)
+    return fields[5] if fields and len(fields) >= 6 else None
+
+
+def _passwd_fields(root: Path, name: str) -> list[str] | None:
     for line in (read(root, "etc/passwd") or b"").decode(errors="replace").splitlines():
         parts = line.split(":")
         if len(parts) >= 4 and parts[0] == name:
-            return int(parts[2]), int(parts[3])
+            return parts
     return None
 
 
@@ -83,18 +96,83 @@ def ensure_service_account(root: Path, say) -> tuple[int, int]:
 
 def refuse_lockout(root: Path, config_text: str) -> None:
     """InstallError unless an administrator is registered or exempt (the classic lockout)."""
+    listed = groups(root)
+    admins = sorted({m for g in ADMIN_GROUPS for m in listed.get(g, ())} or {"root"})
+    if not _let_in(root, config_text, admins):
+        raise InstallError(_no_admin(admins))
+
+
+def refuse_pam_lockout(root: Path, config_text: str, effective, networks_exempt: bool) -> None:
+    """In auth-time mode an administrator needs a key, and root counts only if sshd lets root
+    use keyboard-interactive: `effective(user)` is sshd's effective settings for a login."""
+    listed = groups(root)
+    admins = sorted({m for g in ADMIN_GROUPS for m in listed.get(g, ())})
+    root_login = effective("root").get("permitrootlogin", "")
+    if root_login == "yes" and "root" not in admins:
+        admins.append("root")
+    if not admins:
+        raise InstallError(
+            "refusing to install --mode pam: root is the only administrator, and sshd's "
+            f"PermitRootLogin {SHOWN.get(root_login, root_login)} refuses the phone check "
+            "(keyboard-interactive) for root, so nobody could log in to fix a problem. Add an "
+            "administrator to the sudo group, with a key in ~/.ssh/authorized_keys, and register "
+            "them (ssh-auth register-user NAME PHONE), or pass --force."
+        )
+    allowed = admins if networks_exempt else _let_in(root, config_text, admins)
+    if not allowed:
+        raise InstallError(_no_admin(admins))
+    if not any(has_key(root, admin, effective(admin)) for admin in allowed):
+        raise InstallError(
+            f"refusing to install --mode pam: no administrator who could log in "
+            f"({', '.join(allowed)}) has an authorized key, and auth-time mode asks for a key "
+            "before the phone, so nobody could log in to fix a problem. Add your public key to "
+            "~/.ssh/authorized_keys (ssh-copy-id), or pass --force."
+        )
+
+
+def has_key(root: Path, user: str, effective: dict[str, str]) -> bool:
+    """Whether sshd could find a public key for `user` under the root (AuthorizedKeysFile)."""
+    if effective.get("authorizedkeyscommand", "none") != "none":
+        return True  # keys come from a command: nothing here to check
+    home, ids = home_of(root, user), passwd_entry(root, user)
+    if home is None or ids is None:
+        return False
+    for pattern in effective.get("authorizedkeysfile", ".ssh/authorized_keys").split():
+        if pattern == "none":
+            continue
+        path = re.sub(
+            r"%[%hUu]",
+            lambda m: {"%%": "%", "%h": home, "%U": str(ids[0]), "%u": user}[m.group()],
+            pattern,
+        )
+        path = path if path.startswith("/") else f"{home}/{path}"
+        text = (read(root, path.lstrip("/")) or b"").decode(errors="replace")
+        if any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines()):
+            return True
+    return False
+
+
+def _let_in(root: Path, config_text: str, admins: list[str]) -> list[str]:
+    """The administrators the service would let in: registered or exempt."""
     settings = Settings.parse(config_text)
     registered = {entry[0] for line in config_text.splitlines() if (entry := parse_entry(line))}
     listed = groups(root)
-    admins = {m for g in ADMIN_GROUPS for m in listed.get(g, ())} or {"root"}
-    for admin in sorted(admins):
-        member_of = [g for g, names in listed.items() if admin in names]
-        if admin in registered or is_exempt(
-            admin, member_of, settings.exempt_users, settings.exempt_groups
-        ):
-            return
-    raise InstallError(
-        f"refusing to install: no administrator ({', '.join(sorted(admins))}) is registered "
+    return [
+        admin
+        for admin in admins
+        if admin in registered
+        or is_exempt(
+            admin,
+            [g for g, names in listed.items() if admin in names],
+            settings.exempt_users,
+            settings.exempt_groups,
+        )
+    ]
+
+
+def _no_admin(admins: list[str]) -> str:
+    return (
+        f"refusing to install: no administrator ({', '.join(admins)}) is registered "
         "or exempt, so nobody could log in to fix a problem. Register one first "
         "(ssh-auth register-user NAME PHONE), exempt one (exempt_users), add "
         "--exempt-network CIDR, or pass --force."

@@ -1,6 +1,5 @@
 """Uninstall: every file install touched back to its bytes, mode and owner, a private backup."""
 
-import base64
 import os
 import subprocess
 import time
@@ -67,21 +66,7 @@ class Uninstaller(ServerRoot):
         if recorded is None:
             target.unlink(missing_ok=True)
             return
-        if isinstance(recorded, str):  # the first release recorded bytes only: never widen access
-            current = self.state(relative)
-            prior = FileState(
-                base64.b64decode(recorded),
-                current.mode if current else 0o600,
-                current.uid if current else 0,
-                current.gid if current else 0,
-            )
-        else:
-            prior = FileState(
-                base64.b64decode(recorded["data"]),
-                int(recorded["mode"], 8),
-                recorded["uid"],
-                recorded["gid"],
-            )
+        prior = FileState.from_record(recorded, self.state(relative))
         target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         atomic_write(str(target), prior.data, prior.mode, prior.uid, prior.gid)
 
