@@ -40,12 +40,13 @@ class PamGate(Gate):
     """Emulator + ssh-auth-server + a real sshd whose authentication asks our PAM module.
 
     root_key: root may log in with the test key, from a key file of this gate's own (root's own
-    authorized_keys is never touched).
+    authorized_keys is never touched). stock_auth: Debian's own auth stack (a password) in place
+    of our module, everything else the same: the benchmarks' baseline.
     """
 
-    def __init__(self, *args, root_key: bool = False, **options):
+    def __init__(self, *args, root_key: bool = False, stock_auth: bool = False, **options):
         super().__init__(*args, **options)
-        self.root_key = root_key
+        self.root_key, self.stock_auth = root_key, stock_auth
 
     def _sshd_files(self) -> list[str]:
         if self.root_key:
@@ -73,9 +74,10 @@ class PamGate(Gate):
         os.chmod(module, 0o644)
         stack = PAM_DIR / name
         self.stack.callback(stack.unlink, missing_ok=True)
-        stack.write_text(
-            render_pam_stack(SYSTEM_STACK.read_text(), str(module), str(self.socket), self.ttl)
-        )
+        text = SYSTEM_STACK.read_text()
+        if not self.stock_auth:
+            text = render_pam_stack(text, str(module), str(self.socket), self.ttl)
+        stack.write_text(text)
         program = self.root / "lib" / name
         program.symlink_to("/usr/sbin/sshd")
         self.pam_service = name

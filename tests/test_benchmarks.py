@@ -22,3 +22,20 @@ def test_quick_benchmark_prints_the_table():
         "6 logins at once: succeeded | all | 6/6 | 6/6",
     ):
         assert row in result.stdout, result.stdout
+
+
+def test_quick_auth_time_benchmark_prints_the_table(pam_module):
+    result = subprocess.run(
+        [str(VENV_BIN / "python"), "-m", "benchmarks.pam", "--quick"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:] + result.stdout[-2000:]
+    for row in (
+        "| Enter after approval → session output, median of 3 |",
+        "| same sshd, Debian's password stack: Enter → output, median |",
+        "| of which mapped from pam_ssh_auth.so and json-c (RSS) | < 5 MB |",
+    ):
+        assert row in result.stdout, result.stdout
