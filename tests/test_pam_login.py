@@ -82,6 +82,19 @@ def test_the_prompt_fits_80x24_and_its_qr_reads_as_the_short_url(pam_gate):
     client.finish()
 
 
+def test_an_ascii_qr_for_clients_without_utf8_reads_as_the_short_url(deployments, pam_module):
+    gate = deployments.get({"pam_qr": "ascii"}, kind=PamGate)
+    client = gate.login("sa-alice", "echo ascii")
+    url = short_url(client)
+    rows = client.screen_text().replace("\r", "").split("\n")
+    qr = "\n".join(row for row in rows if row and set(row) <= {"#", " "})
+    assert all(ord(c) < 128 for c in client.screen_text())
+    assert decode(qr, unicode=False) == [same_url(url)]
+    PhoneHolder(ALICE).approve(url)
+    client.press_enter()
+    assert client.finish()[:2] == (0, b"ascii\n")
+
+
 @pytest.mark.parametrize(
     "case, act, expected",
     [
