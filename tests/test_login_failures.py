@@ -277,11 +277,12 @@ def test_client_disconnect_abandons_the_login(gate, matrix):
     path = marker(gate)
     session = gate.ssh("sa-alice", f"touch {path}", tty=True, stdin=subprocess.PIPE)
     url = session.check_url()
+    logged = len(gate.service.log_text())  # the gate is shared: only this login's lines count
     session.kill()  # the client vanishes: sshd hangs up the session's terminal
     deadline = time.monotonic() + 10
-    while "abandoned" not in gate.service.log_text() and time.monotonic() < deadline:
+    while "abandoned" not in gate.service.log_text()[logged:] and time.monotonic() < deadline:
         time.sleep(0.1)
-    log = gate.service.log_text()
+    log = gate.service.log_text()[logged:]
     abandoned = "login denied user=sa-alice" in log and "the login was abandoned" in log
     late = PhoneHolder(ALICE).scan(url).status_code
     ran = "ran" if os.path.exists(path) else "not run"
@@ -297,14 +298,15 @@ def test_a_client_that_leaves_without_a_pty_is_abandoned_and_nothing_runs(gate, 
     session = gate.ssh("sa-alice", f"touch {path}")
     holder = PhoneHolder(ALICE)
     page = holder.scan(session.check_url())
+    logged = len(gate.service.log_text())
     session.kill()
     time.sleep(2)
     late = holder.phone.answer(page, "approve")
     deadline = time.monotonic() + 10
-    while "abandoned" not in gate.service.log_text() and time.monotonic() < deadline:
+    while "abandoned" not in gate.service.log_text()[logged:] and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(1)  # a command, had it been started, would have left its mark by now
-    log = gate.service.log_text()
+    log = gate.service.log_text()[logged:]
     abandoned = "login denied user=sa-alice" in log and "abandoned" in log
     audit = "denied, abandoned" if abandoned else "no line"
     ended = "This login has ended" in late.text
