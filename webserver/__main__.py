@@ -20,6 +20,7 @@ def build(settings: Settings, flow_class=None):
     from .audit import Audit
     from .broker import Broker
     from .flow import CheckFlow
+    from .gatekeeper import LocalGatekeeper
     from .logins import PendingLogins
     from .phonecheck import PhoneCheckClient, base_url_for
     from .registry import Registry
@@ -37,7 +38,7 @@ def build(settings: Settings, flow_class=None):
     logins = PendingLogins()
     registry = Registry(settings.config_path)
     flow = (flow_class or CheckFlow)(settings, client, logins)
-    broker = Broker(settings, client, registry, audit, logins, flow)
+    broker = Broker(settings, audit, LocalGatekeeper(settings, registry, flow))
     verifier = RedirectVerifier(JwksCache(client.jwks), settings.webhook_url)
     return broker, create_app(settings, logins, client, verifier)
 

@@ -1,4 +1,5 @@
-"""The Unix-socket broker: knows the caller by the kernel, applies policy, runs its phone check."""
+"""The Unix-socket broker: knows the caller and its SSH connection by the kernel, keeps what is
+per connection (reuse, one answer in auth-time mode), and asks its gatekeeper for the rest."""
 
 import logging
 import os
@@ -10,7 +11,6 @@ import time
 from sshshim.protocol import (
     EVENT_VERDICT,
     FIRST_LINE_TIMEOUT,
-    FIRST_REPLY_TIMEOUT,
     OP_LOGIN,
     OP_PAM_LOGIN,
     OP_VERIFY,
@@ -23,31 +23,21 @@ from . import connection as connections
 from . import pam_login, reasons
 from .audit import SUPPRESSED, Audit, Decision
 from .config import Settings
-from .flow import CheckFlow, send
-from .logins import Caller, PendingLogins, Verdict, deny
-from .phonecheck import PhoneCheckClient
+from .flow import send
+from .logins import Caller, Verdict, deny
 from .policy import (
     DENIAL_BURST,
     Approvals,
-    CheckBudget,
     ConnectionAddresses,
     Denials,
     OneAnswerPerConnection,
-    TrustedPlaces,
     Waiting,
-    is_exempt,
-    is_sftp_session,
 )
-from .registry import E164_DIGITS, USERNAME, Registry, RegistryUnavailable
+from .registry import E164_DIGITS, USERNAME
 
 log = logging.getLogger("ssh-auth.broker")
 
-CREATE_BUDGET = FIRST_REPLY_TIMEOUT - 2  # token + create must end before the shim stops waiting
-FIRST_POLL_DELAY = 10.0  # a phone that answers within this costs no GET at all
-STATUS_EVERY = 10.0
 HOUSEKEEPING_EVERY = 10.0  # pruning of per-login state, summaries of refused floods
-MAX_COMMAND = 4096  # characters of a command the phone can show; a longer one is refused
-NO_ROOM_FOR_QR = "(No room for a QR code in this terminal: open the URL below on the phone.)"
 LOCAL = "local"  # the address of a caller outside any SSH connection
 # Waiting at once: connections that have not sent their line yet, per uid; logins per
 # (uid, SSH connection) and per (uid, client address), so one address cannot crowd out another;
@@ -58,22 +48,11 @@ LIMITS = {"unsent": 8, "connection": 3, "address": 3, "total": 512}
 class Broker:
     """The socket, and one login's flow from its line to its verdict."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        client: PhoneCheckClient,
-        registry: Registry,
-        audit: Audit,
-        logins: PendingLogins,
-        flow: CheckFlow | None = None,
-    ):
-        self.settings, self.client, self.registry, self.audit = settings, client, registry, audit
-        self.logins = logins
-        self.flow = flow or CheckFlow(settings, client, logins)
+    def __init__(self, settings: Settings, audit: Audit, gatekeeper):
+        """gatekeeper: who needs a check and runs it (LocalGatekeeper, or a fleet's agent)."""
+        self.settings, self.audit, self.gatekeeper = settings, audit, gatekeeper
         self.denials = Denials()
-        self.budget = CheckBudget(settings.max_checks_per_user, settings.max_checks_per_minute)
         self.approvals = Approvals()
-        self.trusted = TrustedPlaces()
         self.addresses = ConnectionAddresses()
         self.answered = OneAnswerPerConnection()
         self.waiting = Waiting(LIMITS)
@@ -142,15 +121,9 @@ class Broker:
             return
         self._housekept = time.monotonic()
         try:
-            for store in (
-                self.denials,
-                self.budget,
-                self.approvals,
-                self.addresses,
-                self.trusted,
-                self.answered,
-            ):
+            for store in (self.denials, self.approvals, self.addresses, self.answered):
                 store.prune()
+            self.gatekeeper.prune()
             self._summarise()
         except Exception:  # never let housekeeping take the socket's loop down with it
             log.exception("housekeeping failed")
@@ -216,9 +189,8 @@ class Broker:
                     check_id, verdict = self._decide(sock, caller)
                 finally:
                     self.waiting.release(keys)
-        if verdict.outcome == "allowed" and caller.connection:
-            self.trusted.remember(uid, address)
-            if self.settings.connection_reuse_seconds and request["op"] == OP_LOGIN:
+        if verdict.outcome == "allowed" and caller.connection and request["op"] == OP_LOGIN:
+            if self.settings.connection_reuse_seconds:
                 self.approvals.remember(uid, caller.connection, self.settings.connection_reuse_seconds)
         # A denial without a check costs the caller nothing: a flood of them is summarised.
         if not verdict.allow and check_id is None and not self.denials.loggable((uid, address)):
@@ -273,39 +245,20 @@ class Broker:
         return caller, None
 
     def _decide(self, sock, caller: Caller) -> tuple[str | None, Verdict]:
-        """(check_id, verdict): by policy alone, or by the phone check it runs."""
+        """(check_id, verdict): by what this connection already had, else by the gatekeeper."""
         op = caller.request["op"]
         if op == OP_VERIFY:
             return self._verify_phone(sock, caller)
-        settings = self.settings
         if op == OP_PAM_LOGIN and not self.answered.first(caller.connection):
             # The client retries keyboard-interactive after a failure: one answer (and at most
             # one check) per connection, and no second line under the first one.
             return None, Verdict(False, "denied", reasons.RETRY_ON_CONNECTION, told=False)
-        if op == OP_PAM_LOGIN and caller.uid == 0 and settings.pam_root == "deny":
+        if op == OP_PAM_LOGIN and caller.uid == 0 and self.settings.pam_root == "deny":
             # sshd would refuse root after the phone approved (PermitRootLogin prohibit-password).
             return None, deny(reasons.ROOT_KEY_ONLY)
-        if is_exempt(caller.user, caller.groups(), settings.exempt_users, settings.exempt_groups):
-            return None, Verdict(True, "exempt", reasons.EXEMPT)
-        try:
-            registration = self.registry.lookup(caller.user)
-        except RegistryUnavailable:
-            return None, deny(reasons.NO_REGISTRY, "error")
-        if registration.allow_once_until:
-            when = time.strftime("%H:%M", time.localtime(registration.allow_once_until))
-            return None, Verdict(True, "exempt", reasons.ALLOW_ONCE.format(until=when))
         if op == OP_LOGIN and self.approvals.reused(caller.uid, caller.connection):
             return None, Verdict(True, "reused", reasons.REUSED)
-        if op == OP_LOGIN and is_sftp_session(caller.command, caller.request["tty"]):
-            # Nobody could see its QR: refuse at once rather than hang until the deadline.
-            return None, deny(reasons.SFTP_NEEDS_MASTER)
-        if registration.malformed:
-            return None, deny(reasons.BAD_REGISTRATION)
-        if registration.phone is None:
-            if settings.unregistered == "allow":
-                return None, Verdict(True, "exempt", reasons.UNREGISTERED_ALLOWED)
-            return None, deny(reasons.UNREGISTERED)
-        return self._check(sock, caller, registration.phone)
+        return self.gatekeeper.decide(sock, caller)
 
     def _verify_phone(self, sock, caller: Caller) -> tuple[str | None, Verdict]:
         """The full phone flow on a number root is about to register."""
@@ -317,26 +270,9 @@ class Broker:
         shown = Caller(
             caller.uid, caller.gid, who, None, LOCAL, f"(register this phone for {who})", caller.request
         )
-        check_id, verdict = self._check(sock, shown, phone)
+        check_id, verdict = self.gatekeeper.check(sock, shown, phone)
         reason = f"phone verification for {who}: {verdict.reason}"
         return check_id, Verdict(verdict.allow, verdict.outcome, reason)
-
-    def _check(self, sock, caller: Caller, phone: str) -> tuple[str | None, Verdict]:
-        """Create the check, show it, wait for its verdict."""
-        if not self.settings.public_url:
-            return None, deny(reasons.NO_PUBLIC_URL, "error")
-        if caller.command and len(caller.command) > MAX_COMMAND:
-            # SECURITY: the person approves what the phone shows: nothing may run unseen.
-            line = reasons.COMMAND_TOO_LONG.format(length=len(caller.command), limit=MAX_COMMAND)
-            return None, deny(line)
-        over = self.budget.take(
-            caller.uid, caller.address, self.trusted.trusted(caller.uid, caller.address)
-        )
-        if over:
-            which, seconds = over
-            line = reasons.TOO_MANY_ATTEMPTS if which == "user" else reasons.TOO_MANY_CHECKS
-            return None, deny(line.format(seconds=seconds))
-        return self.flow.run(sock, caller, phone)
 
     def _finish(self, sock, user, uid, address, check_id, started, verdict: Verdict) -> None:
         """Send the verdict and log the decision once."""
