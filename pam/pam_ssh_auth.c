@@ -37,7 +37,8 @@
 #define FIRST_REPLY_SECONDS 10
 #define MAX_LINE (64 * 1024)
 #define TOO_LONG (-2)
-#define MAX_FIELD 4096 /* user, rhost and auth_info, each, before escaping */
+#define MAX_FIELD 4096 /* user and rhost, each, before escaping */
+#define MAX_AUTH_INFO (16 * 1024) /* the first factor's line: a certificate can run to kilobytes */
 #define ERROR_PREFIX "ssh-auth: "
 #define MAX_DEPTH 4 /* the service sends flat objects */
 #define MALFORMED "the ssh-auth service sent a malformed answer. Access denied."
@@ -280,8 +281,14 @@ static char *build_request(pam_handle_t *pamh, const char *user)
     if (auth_info == NULL) {
         auth_info = "";
     }
-    if (strlen(user) > MAX_FIELD || strlen(rhost) > MAX_FIELD || strlen(auth_info) > MAX_FIELD) {
+    if (strlen(user) > MAX_FIELD || strlen(rhost) > MAX_FIELD) {
         return NULL;
+    }
+    /* Only the first method's line (the key, shown on the phone), and none if it is too long to
+     * send: the key is shown, never decided on. */
+    size_t first = strcspn(auth_info, "\n");
+    if (first > MAX_AUTH_INFO) {
+        first = 0;
     }
     struct json_object *request = json_object_new_object();
     if (request == NULL) {
@@ -291,7 +298,7 @@ static char *build_request(pam_handle_t *pamh, const char *user)
     json_object_object_add(request, "op", json_object_new_string("pam-login"));
     json_object_object_add(request, "user", json_object_new_string(user));
     json_object_object_add(request, "rhost", json_object_new_string(rhost));
-    json_object_object_add(request, "auth_info", json_object_new_string(auth_info));
+    json_object_object_add(request, "auth_info", json_object_new_string_len(auth_info, (int)first));
     const char *text = json_object_to_json_string_ext(request, JSON_C_TO_STRING_PLAIN);
     char *line = NULL;
     if (text != NULL && asprintf(&line, "%s\n", text) < 0) {

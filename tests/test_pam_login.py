@@ -318,3 +318,39 @@ def test_login_grace_time_drops_the_pending_check_and_a_late_approve_runs_nothin
     )
     expected = "client exit 255; late approve: 404 ended; nothing ran; no PATCH; audit: abandoned"
     assert matrix("pam: LoginGraceTime reached, then a late Approve", expected, got) == expected
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    """A user certificate for sa-alice, over 8 KB (250 long principals), and its CA."""
+    directory = tmp_path_factory.mktemp("cert")
+    for name in ("ca", "user"):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(directory / name)], check=True
+        )
+    principals = ",".join(["sa-alice", *(f"a-rather-long-principal-name-{n:04d}" for n in range(250))])
+    subprocess.run(
+        ["ssh-keygen", "-q", "-s", str(directory / "ca"), "-I", "big", "-n", principals,
+         str(directory / "user.pub")],
+        check=True,
+    )  # fmt: skip
+    os.chmod(directory, 0o755)
+    return directory
+
+
+def test_a_large_certificate_logs_in_and_the_phone_shows_its_keys_fingerprint(
+    deployments, pam_module, certificate
+):
+    assert (certificate / "user-cert.pub").stat().st_size > 8192
+    gate = deployments.get(kind=PamGate, sshd_options={"TrustedUserCAKeys": str(certificate / "ca.pub")})
+    options = ("-o", f"IdentityFile={certificate / 'user'}", "-o", "IdentitiesOnly=yes")
+    client = gate.login("sa-alice", "echo certified", options=options)
+    holder = PhoneHolder(ALICE)
+    page = holder.scan(short_url(client))
+    fingerprint = subprocess.run(
+        ["ssh-keygen", "-l", "-f", str(certificate / "user.pub")], capture_output=True, text=True
+    ).stdout.split()[1]
+    assert fingerprint in page.text, page.text
+    holder.phone.answer(page, "approve")
+    client.press_enter()
+    assert client.finish()[:2] == (0, b"certified\n")

@@ -1,7 +1,9 @@
 """The service on its own: socket limits, the fallback GET, and start-up refusals in one line."""
 
 import json
+import os
 import socket
+import subprocess
 import time
 
 import pytest
@@ -10,6 +12,7 @@ import requests
 from harness.deployment import USERS, Gate, refusal_config, start_service
 from harness.emulator import write_tru_json
 from harness.people import PhoneHolder
+from webserver import connection
 
 ALICE = USERS["sa-alice"]
 
@@ -137,3 +140,15 @@ def test_the_files_the_service_writes_are_its_own(emulator_server, tmp_path):
         balance = gate.socket.parent / "balance"
         modes = {path.name: oct(path.stat().st_mode & 0o777) for path in (audit, balance)}
     assert modes == {"audit.jsonl": "0o600", "balance": "0o600"}
+
+
+def test_a_process_that_started_after_the_accept_is_never_taken_for_the_peer():
+    # The broker reads /proc for the pid SO_PEERCRED gave; a pid reused since is someone else.
+    accepted = connection.boot_ticks()
+    time.sleep(0.05)  # a few clock ticks
+    with subprocess.Popen(["sleep", "5"]) as later:
+        try:
+            assert connection.started_by(os.getpid(), accepted)
+            assert not connection.started_by(later.pid, accepted)
+        finally:
+            later.kill()

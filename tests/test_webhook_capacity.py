@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from harness.deployment import REPO, USERS, Gate
+from harness.pam_gate import PamGate, short_url
 from harness.people import PhoneHolder
 from harness.processes import ServerProcess, free_port
 from webserver.__main__ import CHANNEL_TIMEOUT, CLEANUP_INTERVAL, CONNECTION_LIMIT
@@ -356,3 +357,32 @@ def test_behind_the_documented_nginx_1000_slow_connections_do_not_delay_an_appro
     assert after == {"half-sent head": 0, "trickling head": 0, "half-sent body": 0,
                      "trickling body": SLOW_PER_KIND}  # fmt: skip
     assert "code=" not in access_log and '"GET /complete-check" 200' in access_log
+
+
+def test_behind_the_documented_nginx_a_short_url_works_and_is_never_logged(
+    emulator_server, nginx_home, pam_module, monkeypatch
+):
+    """Auth-time mode's QR leads to public_url/q/TOKEN: nginx passes it on and logs none of it."""
+    cert = nginx_home / "cert.pem"
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    port = free_port()
+    public_url = f"https://127.0.0.1:{port}"
+    settings = {"public_url": public_url}
+    with PamGate(emulator_server, settings=settings, users={"sa-alice": SIM}) as gate:
+        config = documented_nginx(nginx_home, port, gate.webhook_port, cert, nginx_home / "key.pem")
+        nginx = ServerProcess(
+            [NGINX, "-p", f"{nginx_home}/", "-c", str(config), "-g", "daemon off;"],
+            nginx_home / "nginx.out",
+            ready=lambda _: requests.get(f"{public_url}/healthz", timeout=1).ok,
+        )
+        with nginx:
+            client = gate.login("sa-alice", "echo through-nginx")
+            url = short_url(client)
+            assert url.startswith(f"{public_url}/q/")
+            PhoneHolder(SIM).approve(url)
+            client.press_enter()
+            assert client.finish()[:2] == (0, b"through-nginx\n")
+            log = (nginx_home / "log" / "ssh-auth.access.log").read_text()
+    token = url.rsplit("/", 1)[1]
+    assert "/complete-check" in log  # the log is written, and the phone's redirect is in it
+    assert token not in log and "/q/" not in log

@@ -136,13 +136,14 @@ class Broker:
     def handle_connection(self, sock: socket.socket) -> None:
         """One shim connection, from its login line to its verdict."""
         started = time.monotonic()
+        accepted = connections.boot_ticks()
         pid, uid, _ = peer_credentials(sock)
         if not self.waiting.admit({"total": None}):
             return self._send_verdict(sock, deny(reasons.TOO_MANY_WAITING))
         try:
             request = self._read_login(sock, uid)
             if request is not None:
-                self._serve_login(sock, pid, uid, request, started)
+                self._serve_login(sock, pid, uid, request, started, accepted)
         except Exception:
             if self.denials.loggable((uid, LOCAL)):  # a bug one caller can trigger: not a flood
                 log.exception("login from uid %d failed", uid)
@@ -168,11 +169,15 @@ class Broker:
 
     # --- one login ------------------------------------------------------------------------
 
-    def _serve_login(self, sock, pid: int, uid: int, request: dict, started: float) -> None:
+    def _serve_login(self, sock, pid, uid, request: dict, started: float, accepted: int) -> None:
         if request.get("op") == OP_PAM_LOGIN:
             caller, refusal = self._identify_pam(pid, uid, request)
         else:
             caller, refusal = self._identify(pid, uid, request)
+        if refusal is None and not connections.started_by(pid, accepted):
+            # SECURITY: the peer's pid now names a process that started after it connected: the
+            # peer is gone and its pid reused, so what /proc said was about someone else.
+            caller, refusal = None, deny(reasons.NOT_SSH)
         # The account logging in: the peer's own, or (PAM module, as root) the one sshd names.
         uid = caller.uid if caller else uid
         user = caller.user if caller else _user_name(uid)

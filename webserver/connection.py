@@ -11,6 +11,8 @@ ones even from the same address and port, and they die with the connection.
 """
 
 import ipaddress
+import os
+import time
 from dataclasses import dataclass
 
 PROC = "/proc"
@@ -48,6 +50,17 @@ def of_process(pid: int, uid: int, proc: str = PROC) -> SshConnection | None:
             return SshConnection(current, start_time)
         current = parent
     return None
+
+
+def boot_ticks() -> int:
+    """Now, in the clock ticks since boot that /proc/PID/stat's start times are counted in."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK"))
+
+
+def started_by(pid: int, ticks: int, proc: str = PROC) -> bool:
+    """Whether the process `pid` now names was already running at `ticks` (boot_ticks)."""
+    found = _stat(pid, proc)
+    return found is not None and found[1] <= ticks
 
 
 def client_address(ssh_connection) -> str | None:

@@ -6,10 +6,13 @@ because the client's terminal is unknown at that point (docs/architecture.md, au
 """
 
 import base64
-import binascii
 import hashlib
 import ipaddress
 import re
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import SSHCertificate
 
 from sshshim.protocol import HEADER, text_below
 
@@ -18,7 +21,7 @@ from . import qr
 PROMPT_COLUMNS, PROMPT_ROWS = 80, 24  # the smallest terminal a person is likely to have
 ASCII_ROWS = 200  # an ASCII QR is two characters per module and a row per row: let it scroll
 ENTER = "Press Enter once your phone has approved: "
-MAX_AUTH_INFO = 4096
+MAX_AUTH_INFO = 16 * 1024  # the module's bound for the first factor's line
 HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 NO_QR = "(No QR code fits here: open the URL below on the phone.)"
 
@@ -42,18 +45,19 @@ def client_address(rhost: str) -> str | None:
 
 
 def key_fingerprint(auth_info: str) -> str | None:
-    """The first factor's key from SSH_AUTH_INFO_0 ("publickey TYPE BASE64"), as ssh-keygen -l
-    shows it (TYPE SHA256:...), or None when no public key is named there."""
-    for line in auth_info.splitlines():
-        words = line.split(" ")
-        if len(words) >= 3 and words[0] == "publickey":
-            try:
-                blob = base64.b64decode(words[2], validate=True)
-            except (binascii.Error, ValueError):
-                return None
-            digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
-            return f"{words[1][:64]} SHA256:{digest}"
-    return None
+    """The first factor's key from SSH_AUTH_INFO_0 ("publickey TYPE BASE64"), as `ssh-keygen -l`
+    shows it (TYPE SHA256:...; a certificate's is its key's), or None when there is none."""
+    words = auth_info.split("\n", 1)[0].split(" ")
+    if len(words) < 3 or words[0] != "publickey":
+        return None
+    try:
+        identity = serialization.load_ssh_public_identity(f"{words[1]} {words[2]}".encode())
+    except (ValueError, UnsupportedAlgorithm):
+        return None
+    key = identity.public_key() if isinstance(identity, SSHCertificate) else identity
+    blob = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    digest = hashlib.sha256(base64.b64decode(blob.split(b" ")[1])).digest()
+    return f"{words[1][:64]} SHA256:{base64.b64encode(digest).decode().rstrip('=')}"
 
 
 def prompt(short_url: str, number: str | None, style: str) -> str:
