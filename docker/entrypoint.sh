@@ -6,6 +6,15 @@ BIN=${SSH_AUTH_BIN:-/opt/ssh-auth/bin}
 CONFIG=${SSH_AUTH_CONFIG:-/etc/ssh-auth/ssh-auth.conf}
 RUN_AS=${SSH_AUTH_RUN_AS:-ssh-auth}
 
+# docker stop at any moment (also while starting): end what has started, exit 0. As PID 1 the
+# shell would otherwise ignore SIGTERM until docker gives up and kills it.
+stop() {
+    for pid in ${sshd:-} ${service:-}; do kill -TERM "$pid" 2>/dev/null || true; done
+    wait
+    exit 0
+}
+trap stop TERM INT
+
 setting() {  # one setting, checked and written atomically by the admin command
     "$BIN/ssh-auth" config set --config "$CONFIG" "$1" "$2" >/dev/null
 }
@@ -42,7 +51,6 @@ done
 # shellcheck disable=SC2086 # SSHD_OPTIONS is a list of words on purpose
 /usr/sbin/sshd -D -e ${SSHD_OPTIONS:-} &
 sshd=$!
-trap 'kill -TERM "$sshd" "$service" 2>/dev/null; wait "$sshd" "$service" 2>/dev/null; exit 0' TERM INT
 wait "$sshd" || status=$?
 kill -TERM "$service" 2>/dev/null || true
 wait "$service" 2>/dev/null || true

@@ -1,5 +1,6 @@
 """Docker without an engine: compose validates with real Compose v2, the Dockerfile passes
-hadolint, and the entrypoint runs for real here (service + sshd, SIGTERM stops both)."""
+hadolint, the docs show one Docker flow, and the entrypoint runs for real here (service + sshd,
+SIGTERM stops both). The flow with an engine: tests/test_docker_stack.py (`make docker-test`)."""
 
 import os
 import signal
@@ -10,6 +11,7 @@ from pathlib import Path
 import compose
 
 from harness.deployment import REPO, USERS, Gate
+from harness.docker import readme_lines
 from harness.emulator import VENV_BIN
 from harness.people import PhoneHolder
 
@@ -27,9 +29,22 @@ def test_the_compose_file_validates_with_compose_v2():
         'host_ip: 127.0.0.1\n        target: 22\n        published: "223"',
         'host_ip: 127.0.0.1\n        target: 8080\n        published: "8080"',
         "--phone-page",
-        "API_BASE_URL: http://emulator:8081",
+        "--public-url\n      - http://127.0.0.1:8081",  # check URLs a browser on the host opens
+        "API_BASE_URL: http://emulator:8081",  # while the service calls the emulator by name
+        "stop_signal: SIGINT",
+        "network: default",
     ):
         assert published in result.stdout, result.stdout
+
+
+def test_readme_and_operations_show_the_same_docker_flow():
+    flow = readme_lines()
+    assert flow == readme_lines(REPO / "docs" / "operations.md")
+    assert [line.split("#")[0].split()[:4] for line in flow] == [
+        ["docker", "compose", "-f", "docker/docker-compose.yml"],
+        ["ssh", "test@127.0.0.1", "-p", "223"],
+        ["docker", "compose", "-f", "docker/docker-compose.yml"],
+    ]
 
 
 def test_an_invalid_compose_file_is_refused(tmp_path):
