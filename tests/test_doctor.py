@@ -381,6 +381,21 @@ PAM_BROKEN = [
         "✗ the PAM stack /etc/pam.d/sshd has no line for ssh-auth's module" + STACK_FIX,
     ),
     (
+        "a stray backslash joins our line to the one above",
+        lambda r, c, m: prepend(r / "etc/pam.d/sshd", "account required pam_nologin.so \\\n"),
+        "✗ /etc/pam.d/sshd line 1 ends in a backslash, so libpam reads the next line as part of it "
+        "— fix: make each line of the PAM stack whole and include only files that are there, then "
+        "ssh-auth install --mode pam",
+    ),
+    (
+        "our module replaced by one that lets everyone in",
+        lambda r, c, m: shutil.copyfile(
+            os.path.realpath("/lib/x86_64-linux-gnu/security/pam_permit.so"), r / m.lstrip("/")
+        ),
+        "✗ libpam, running a copy of /etc/pam.d/sshd, let a login in with ssh-auth's service "
+        "answering deny: something other than ssh-auth's module decides" + INSTALL_FIX,
+    ),
+    (
         "pam_root = check under prohibit-password",
         lambda r, c, m: replace_setting(c, "pam_root", "check"),
         "✗ pam_root = check, but sshd's PermitRootLogin prohibit-password refuses "
@@ -417,3 +432,4 @@ def test_doctor_names_each_pam_problem_in_one_line(pam_setup, case, breaks, line
     status, out = doctor(config, root)
     assert status == 1, out
     assert line.format(module=module) in out.splitlines(), out
+

@@ -349,10 +349,10 @@ def test_pam_root_stays_deny_under_prohibit_password(pam_target):
 # --- the proof: every login asks for the phone, and the stack runs our module alone -----------
 
 
-def extra_auth_include(root: Path) -> None:
+def extra_auth_include(root: Path, include: str = "@include") -> None:
     """A stack file of the admin's own with an auth line, included from sshd's stack."""
     (root / "etc/pam.d/extra-auth").write_text("auth sufficient pam_permit.so\n")
-    append(root / STACK, "@include extra-auth\n")
+    append(root / STACK, f"{include} extra-auth\n")
 
 
 BYPASSES = [
@@ -384,6 +384,13 @@ BYPASSES = [
         extra_auth_include,
         "the PAM stack /etc/pam.d/sshd would still run other auth lines, which could let a login "
         "in without the phone: @include extra-auth: auth sufficient pam_permit.so (take them out "
+        "of sshd's auth stack, and install again)\n",
+    ),
+    (
+        "an @INCLUDE in capitals of a file with an auth line",
+        lambda root: extra_auth_include(root, "@INCLUDE"),
+        "the PAM stack /etc/pam.d/sshd would still run other auth lines, which could let a login "
+        "in without the phone: @INCLUDE extra-auth: auth sufficient pam_permit.so (take them out "
         "of sshd's auth stack, and install again)\n",
     ),
 ]
@@ -442,3 +449,105 @@ def test_mode_options_that_do_not_fit_are_one_clear_line(pam_target, extra, stat
     assert result.returncode == status
     assert result.stderr == message if status == 1 else result.stderr.endswith(message)
     assert snapshot(root) == before
+
+
+# --- libpam reads the stack: nothing it reads otherwise than we do, and it runs it (review 3) ----
+
+
+def before_common_auth(line: str):
+    """An admin's edit: `line` put just above `@include common-auth` in sshd's stack; returns the
+    number of the line put there."""
+
+    def edit(root: Path) -> int:
+        text = (root / STACK).read_text()
+        (root / STACK).write_text(
+            text.replace("@include common-auth\n", line + "@include common-auth\n")
+        )
+        return text[: text.index("@include common-auth\n")].count("\n") + 1
+
+    return edit
+
+
+def at_the_top(path: str, line: str):
+    """An admin's edit: `line` put at the top of a PAM file of the root; returns 1."""
+    return lambda root: prepend(root / path, line) or 1
+
+
+LONG = "session optional pam_env.so " + "x" * 995 + "auth sufficient pam_permit.so\n"
+CONTINUED = "ends in a backslash, so libpam reads the next line as part of it"
+UNREADABLE = [
+    (
+        "a stray backslash above @include common-auth",
+        before_common_auth("account required pam_nologin.so \\\n"),
+        f"/etc/pam.d/sshd line {{line}} {CONTINUED}",
+    ),
+    (
+        "a backslash and a space above @include common-auth",
+        before_common_auth("account required pam_nologin.so \\ \n"),
+        f"/etc/pam.d/sshd line {{line}} {CONTINUED}",
+    ),
+    (
+        "an auth line of the admin's continued",
+        before_common_auth(
+            "auth [success=1 default=ignore] pam_succeed_if.so \\\n    user ingroup nopass\n"
+        ),
+        f"/etc/pam.d/sshd line {{line}} {CONTINUED}",
+    ),
+    (
+        "an auth line hidden by a continuation in an included file",
+        at_the_top("etc/pam.d/common-account", "auth\\\n    sufficient pam_permit.so\n"),
+        f"/etc/pam.d/common-account line 1 {CONTINUED}",
+    ),
+    (
+        "an @include of a file that is not there",
+        at_the_top(STACK, "@include sshd-extra\n"),
+        "/etc/pam.d/sshd line 1 includes sshd-extra, which libpam would not find "
+        "(/etc/pam.d/sshd-extra)",
+    ),
+    (
+        "a substack of a file that is not there",
+        at_the_top(STACK, "account substack sshd-extra\n"),
+        "/etc/pam.d/sshd line 1 includes sshd-extra, which libpam would not find "
+        "(/etc/pam.d/sshd-extra, /usr/lib/pam.d/sshd-extra)",
+    ),
+    (
+        "a line longer than libpam reads at once",
+        at_the_top(STACK, LONG),
+        "/etc/pam.d/sshd line 1 is longer than libpam reads at once (1023 bytes): it would read "
+        "the rest as another line",
+    ),
+]
+
+
+@pytest.mark.parametrize("case, edit, problem", UNREADABLE, ids=[row[0] for row in UNREADABLE])
+def test_a_stack_libpam_would_read_otherwise_is_refused_before_anything_changes(
+    pam_target, matrix, case, edit, problem
+):
+    root, credentials, config = pam_target
+    line = edit(root)
+    before = snapshot(root)
+    result = install(root, credentials, config, "--mode", "pam", "--force")
+    expected = (
+        f"ssh-auth: refusing to install --mode pam: {problem.format(line=line)} (ssh-auth reads "
+        "the stack as libpam does only without these: make each line whole and include only files "
+        "that are there, then install again)\n"
+    )
+    matrix(f"install --mode pam over {case}", expected.strip(), result.stderr.strip())
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", expected)
+    assert snapshot(root) == before
+
+
+def test_a_module_that_lets_everyone_in_is_caught_by_running_the_stack_with_libpam(pam_target, matrix):
+    root, credentials, config = pam_target
+    permit = Path(os.path.realpath("/lib/x86_64-linux-gnu/security/pam_permit.so"))
+    before = snapshot(root)
+    result = install(root, credentials, config, "--mode", "pam", "--pam-module", str(permit))
+    expected = (
+        "ssh-auth: refusing to install: libpam, running a copy of /etc/pam.d/sshd, let a login in "
+        "with ssh-auth's service answering deny: something other than ssh-auth's module decides\n"
+    )
+    matrix("install --mode pam --pam-module pam_permit.so", expected.strip(), result.stderr.strip())
+    assert (result.returncode, result.stderr) == (1, expected)
+    assert "restored every file to what it was before" in result.stdout
+    assert accounts_aside(root, snapshot(root)) == accounts_aside(root, before)
+

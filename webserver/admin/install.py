@@ -32,7 +32,14 @@ from .layout import (
     TUTORIAL_DIR,
     UNIT,
 )
-from .pam_files import installed_mode, pam_changes, stack_refusal
+from .pam_files import (
+    UNREADABLE_ADVICE,
+    installed_mode,
+    pam_changes,
+    stack_problem,
+    stack_refusal,
+)
+from .pam_proof import stack_proof
 from .proof import BYPASS_ADVICE, PROBE_ADDRESSES, grace_refusal
 from .root import Change, FileState, ServerRoot, owner_ids
 from .shim_build import archive as shim_archive
@@ -352,13 +359,19 @@ class Installer(ServerRoot):
             grace = grace_refusal(verdicts[0].effective, settings.ttl)
             if grace:
                 raise InstallError(f"refusing to install: {grace}{BYPASS_ADVICE}")
-            stack = (self.read(PAM_STACK) or b"").decode(errors="replace")
+            stack = (self.read(PAM_STACK) or b"").decode(errors="surrogateescape")
+            problem = stack_problem(self.root, stack)
+            if problem:
+                raise InstallError(f"refusing to install: {problem} {UNREADABLE_ADVICE}")
             refusal = stack_refusal(self.root, stack)
             if refusal:
                 raise InstallError(
                     f"refusing to install: {refusal} (take them out of sshd's auth stack, "
                     "and install again)"
                 )
+            refusal = stack_proof(self.root)  # and what libpam itself does with it
+            if refusal:
+                raise InstallError(f"refusing to install: {refusal}")
 
 
 def remove_if_empty(directory: Path) -> None:

@@ -22,6 +22,7 @@ TUTORIAL_DIR = "usr/local/bin/tru-id-ssh-auth"
 TUTORIAL_BACKUP = "etc/ssh/sshd_confige"
 PAM_DIR = "etc/pam.d"  # sshd's PAM stack is PAM_DIR/sshd (OpenSSH before 9.8 names no other)
 PAM_STACK = f"{PAM_DIR}/sshd"
+VENDOR_PAM_DIR = "usr/lib/pam.d"  # where libpam also looks for a stack (not for @include)
 # Where libpam looks for modules by name: the directory that holds pam_unix.so, searched in this
 # order ({multiarch} is this machine's, e.g. x86_64-linux-gnu).
 PAM_MODULE_DIRS = (

@@ -1,18 +1,32 @@
 """`ssh-auth doctor` in auth-time mode: sshd asks for the phone during authentication, the PAM
 stack runs our module alone, the module is sshd's to load, and root is treated as sshd will."""
 
+import os
 import stat
 from pathlib import Path
 
 from ..errors import InstallError
 from .layout import PAM_STACK
-from .pam_files import module_dir, module_path, module_refusal, our_module, stack_lines, stack_refusal
+from .pam_files import (
+    module_dir,
+    module_path,
+    module_refusal,
+    our_module,
+    stack_lines,
+    stack_problem,
+    stack_refusal,
+)
+from .pam_proof import stack_proof
 from .pam_stack import MODULE, OUR_LINE, login_grace_time
 from .proof import PAM_KEYWORDS, PAM_NEEDS, PROBE_ADDRESSES, grace_refusal
 from .sshd import Sshd
 from .system import SHOWN, read
 
 INSTALL_FIX = "ssh-auth install --mode pam, then reload sshd"
+UNREADABLE_FIX = (
+    "make each line of the PAM stack whole and include only files that are there, then "
+    "ssh-auth install --mode pam"
+)
 PAM_SERVICE_NAME = (9, 8)  # OpenSSH's PAMServiceName: a PAM stack of our own, not sshd's
 NO_ENTER = (10, 3)  # from here the client needs no Enter after the phone approved
 
@@ -48,20 +62,26 @@ def check_pam(report, settings, root: Path) -> None:
     """The PAM stack, the module, the OpenSSH version and root, one line each."""
     stack = read(root, PAM_STACK)
     text = stack.decode(errors="replace") if stack is not None else None
-    _check_stack(report, root, text, settings.socket)
+    if _check_stack(report, root, text, settings.socket):
+        _check_proof(report, root)
     _check_module(report, root, our_module(text or "") or MODULE)
     _check_openssh(report, Sshd(root).version())
     _check_pam_root(report, root, settings.pam_root)
 
 
-def _check_stack(report, root: Path, text: str | None, socket: str) -> None:
+def _check_stack(report, root: Path, text: str | None, socket: str) -> bool:
+    """The stack as read here: False when it is missing or cannot be read as libpam does."""
     if text is None:
         report.bad(f"/{PAM_STACK} is missing: sshd has no PAM stack to run the phone check", INSTALL_FIX)
-        return
+        return False
+    problem = stack_problem(root, text)
+    if problem:
+        report.bad(problem, UNREADABLE_FIX)
+        return False
     refusal = stack_refusal(root, text)
     if refusal:
         report.bad(refusal, "ssh-auth install --mode pam (it comments out every other auth line)")
-        return
+        return True
     line = next(line for line in stack_lines(text) if OUR_LINE.match(line))
     asked = next((word[len("socket=") :] for word in line.split() if word.startswith("socket=")), None)
     if asked != socket:
@@ -71,6 +91,22 @@ def _check_stack(report, root: Path, text: str | None, socket: str) -> None:
         )
     else:
         report.ok(f"the PAM stack /{PAM_STACK} runs ssh-auth's module alone: {line}")
+    return True
+
+
+def _check_proof(report, root: Path) -> None:
+    """The stack as libpam runs it (a copy, against a service of the proof's own)."""
+    if os.geteuid() != 0:
+        report.warn(f"/{PAM_STACK} was not run through libpam: run doctor as root for that")
+        return
+    refusal = stack_proof(root)
+    if refusal:
+        report.bad(refusal, INSTALL_FIX)
+    else:
+        report.ok(
+            f"libpam, running a copy of /{PAM_STACK}, keeps a login out when ssh-auth's service "
+            "answers deny and lets it in when it answers allow"
+        )
 
 
 def _check_module(report, root: Path, name: str) -> None:

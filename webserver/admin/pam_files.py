@@ -3,6 +3,7 @@ and checked before it goes where sshd loads it as root), and which auth lines ss
 really runs once its `@include`s are followed."""
 
 import io
+import re
 import struct
 import sysconfig
 import tempfile
@@ -12,7 +13,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from ..errors import InstallError
-from .layout import PAM, PAM_DIR, PAM_MODULE_DIRS, PAM_STACK
+from .layout import PAM, PAM_DIR, PAM_MODULE_DIRS, PAM_STACK, VENDOR_PAM_DIR
 from .pam_module import build
 from .pam_stack import MODULE, OUR_LINE, render_pam_stack
 from .root import Change, FileState, ServerRoot
@@ -20,7 +21,12 @@ from .sshd import Sshd
 from .system import read
 
 MAX_INCLUDE_DEPTH = 8  # deeper @includes are not followed: each counts as another auth line
+LIBPAM_LINE = 1023  # libpam reads a line with fgets() into 1024 bytes: the rest is another line
 SYMBOL = "pam_sm_authenticate"
+UNREADABLE_ADVICE = (
+    "(ssh-auth reads the stack as libpam does only without these: make each line whole and "
+    "include only files that are there, then install again)"
+)
 
 
 def pam_changes(server: ServerRoot, mode: str, settings, given: str | None) -> list[Change]:
@@ -52,6 +58,9 @@ def pam_changes(server: ServerRoot, mode: str, settings, given: str | None) -> l
         server.say(f"note: {error}; kept the installed /{target} (--pam-module FILE replaces it)")
         module = installed
     original = stack.data.decode(errors="surrogateescape")  # every other byte kept as it is
+    problem = stack_problem(server.root, original)
+    if problem:
+        raise InstallError(f"refusing to install --mode pam: {problem} {UNREADABLE_ADVICE}")
     text = render_pam_stack(original, MODULE, settings.socket, settings.ttl)
     return [
         Change(PAM_STACK, text.encode(errors="surrogateescape"), stack.mode),
@@ -150,14 +159,38 @@ def elf_exports(data: bytes) -> set[str] | None:
         return None
 
 
+def stack_problem(root: Path, text: str, name: str = f"/{PAM_STACK}", depth: int = 0) -> str | None:
+    """Where libpam would read a stack file, or a file it includes, otherwise than the functions
+    below do: a line continued onto the next, a line longer than libpam reads at once, an include
+    of a file libpam would not find (None: nowhere)."""
+    for number, line in enumerate(text.split("\n"), 1):
+        where = f"{name} line {number}"
+        if len(line.encode(errors="surrogateescape")) > LIBPAM_LINE:
+            return (
+                f"{where} is longer than libpam reads at once ({LIBPAM_LINE} bytes): it would read "
+                "the rest as another line"
+            )
+        words = _words(line)
+        if words and words[-1].endswith("\\"):
+            return f"{where} ends in a backslash, so libpam reads the next line as part of it"
+        included = _included(words)
+        if included is None or depth >= MAX_INCLUDE_DEPTH:
+            continue
+        target, candidates = included
+        found = next((c for c in candidates if (root / c).is_file()), None)
+        if found is None:
+            shown = ", ".join(f"/{c}" for c in candidates)
+            return f"{where} includes {target or 'nothing'}, which libpam would not find ({shown})"
+        problem = stack_problem(root, _text(root, found), f"/{found}", depth + 1)
+        if problem:
+            return problem
+    return None
+
+
 def stack_lines(text: str) -> list[str]:
-    """A PAM file's lines as libpam reads them: continuations joined, comments stripped."""
-    lines = []
-    for line in text.replace("\\\n", " ").splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            lines.append(" ".join(line.split()))
-    return lines
+    """A PAM file's lines as libpam reads them (once stack_problem finds nothing in it): comments
+    stripped, words split at spaces and tabs only."""
+    return [" ".join(words) for words in map(_words, text.split("\n")) if words]
 
 
 def auth_lines(root: Path, text: str, depth: int = 0) -> list[str]:
@@ -165,7 +198,7 @@ def auth_lines(root: Path, text: str, depth: int = 0) -> list[str]:
     found = []
     for line in stack_lines(text):
         words = line.split()
-        if words[0] == "@include" and len(words) > 1:
+        if words[0].lower() == "@include" and len(words) > 1:
             if depth >= MAX_INCLUDE_DEPTH:
                 found.append(line)
                 continue
@@ -195,3 +228,26 @@ def our_module(text: str) -> str | None:
     """The module our line in a stack names (its name in the module directory, or a path)."""
     line = next((line for line in stack_lines(text) if OUR_LINE.match(line)), None)
     return line.split()[2] if line else None
+
+
+def _words(line: str) -> list[str]:
+    """A line's words as libpam splits them: up to the first '#', at spaces and tabs."""
+    return [word for word in re.split(r"[ \t]+", line.split("#", 1)[0]) if word]
+
+
+def _included(words: list[str]) -> tuple[str, list[str]] | None:
+    """For a line that includes another file: (the name it gives, where libpam looks for it, in
+    order, relative to the root); None for any other line."""
+    if words and words[0].lower() == "@include":  # Debian's: only ever /etc/pam.d
+        name = words[1] if len(words) > 1 else ""
+        return name, [name.lstrip("/") if name.startswith("/") else f"{PAM_DIR}/{name}"]
+    if len(words) > 1 and words[1].lower() in ("include", "substack"):
+        name = words[2] if len(words) > 2 else ""
+        if name.startswith("/"):
+            return name, [name.lstrip("/")]
+        return name, [f"{PAM_DIR}/{name}", f"{VENDOR_PAM_DIR}/{name}"]
+    return None
+
+
+def _text(root: Path, relative: str) -> str:
+    return (read(root, relative) or b"").decode(errors="surrogateescape")
