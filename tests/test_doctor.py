@@ -396,6 +396,19 @@ PAM_BROKEN = [
         "answering deny: something other than ssh-auth's module decides" + INSTALL_FIX,
     ),
     (
+        "sshd's unit starts it under another name",
+        lambda r, c, m: (
+            (r / "lib/systemd/system").mkdir(parents=True),
+            (r / "lib/systemd/system/ssh.service").write_text(
+                "[Service]\nExecStart=/usr/sbin/sshd-alt -D\n"
+            ),
+        ),
+        "✗ the unit ssh.service starts sshd as sshd-alt (ExecStart=/usr/sbin/sshd-alt -D), and "
+        "OpenSSH before 9.8 reads the PAM stack named after its program, /etc/pam.d/sshd-alt, not "
+        "/etc/pam.d/sshd, which auth-time mode edits — fix: start sshd as sshd (or ssh-auth install "
+        "--mode forcecommand)",
+    ),
+    (
         "pam_root = check under prohibit-password",
         lambda r, c, m: replace_setting(c, "pam_root", "check"),
         "✗ pam_root = check, but sshd's PermitRootLogin prohibit-password refuses "

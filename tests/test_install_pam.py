@@ -10,6 +10,7 @@ import pytest
 
 from harness.emulator import VENV_BIN
 from harness.pam_gate import PAM_BUILD
+from harness.processes import ServerProcess, free_port
 from harness.server_root import (
     accounts_aside,
     add_admin,
@@ -551,3 +552,73 @@ def test_a_module_that_lets_everyone_in_is_caught_by_running_the_stack_with_libp
     assert "restored every file to what it was before" in result.stdout
     assert accounts_aside(root, snapshot(root)) == accounts_aside(root, before)
 
+
+# --- the PAM service sshd reads: OpenSSH before 9.8 names it after its program (review 3) -------
+
+STOCK_UNIT = Path("/lib/systemd/system/ssh.service").read_text()
+OVERRIDE = "[Service]\nExecStart=\nExecStart=/usr/local/sbin/sshd-alt -D $SSHD_OPTS\n"
+ANOTHER_NAME = (
+    ", and OpenSSH before 9.8 reads the PAM stack named after its program, /etc/pam.d/sshd-alt, "
+    "not /etc/pam.d/sshd, which auth-time mode edits (start sshd as sshd, or use --mode "
+    "forcecommand)\n"
+)
+UNITS = [
+    ("Debian's own unit", {"lib/systemd/system/ssh.service": STOCK_UNIT}, None),
+    (
+        "a unit starting sshd through a symlink",
+        {"lib/systemd/system/ssh.service": "[Service]\nExecStart=/usr/sbin/sshd-alt -D\n"},
+        "the unit ssh.service starts sshd as sshd-alt (ExecStart=/usr/sbin/sshd-alt -D)",
+    ),
+    (
+        "a unit giving sshd another argv[0]",
+        {"lib/systemd/system/ssh.service": "[Service]\nExecStart=@/usr/sbin/sshd sshd-alt -D\n"},
+        "the unit ssh.service starts sshd as sshd-alt (ExecStart=@/usr/sbin/sshd sshd-alt -D)",
+    ),
+    (
+        "a drop-in replacing the unit's ExecStart",
+        {
+            "lib/systemd/system/ssh.service": STOCK_UNIT,
+            "etc/systemd/system/ssh.service.d/override.conf": OVERRIDE,
+        },
+        "the unit ssh.service starts sshd as sshd-alt (ExecStart=/usr/local/sbin/sshd-alt -D "
+        "$SSHD_OPTS)",
+    ),
+]
+
+
+@pytest.mark.parametrize("case, files, where", UNITS, ids=[row[0] for row in UNITS])
+def test_an_sshd_unit_running_sshd_under_another_name_is_refused(pam_target, matrix, case, files, where):
+    root, credentials, config = pam_target
+    for relative, text in files.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text(text)
+    before = snapshot(root)
+    result = install(root, credentials, config, "--mode", "pam", "--force")
+    if where is None:
+        assert result.returncode == 0, result.stderr
+        return
+    expected = f"ssh-auth: refusing to install --mode pam: {where}{ANOTHER_NAME}"
+    matrix(f"install --mode pam under {case}", expected.strip(), result.stderr.strip())
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", expected)
+    assert snapshot(root) == before
+
+
+def test_a_running_sshd_started_under_another_name_is_refused(pam_target, tmp_path, matrix):
+    root, credentials, config = pam_target
+    program = tmp_path / "sshd-alt"
+    program.symlink_to("/usr/sbin/sshd")
+    pidfile = root / "run/sshd.pid"
+    pidfile.parent.mkdir()
+    os.makedirs("/run/sshd", exist_ok=True)
+    argv = [str(program), "-D", "-e", "-f", "/dev/null", "-o", f"HostKey={root}/etc/ssh/host_key"]
+    for option in (f"Port={free_port()}", "ListenAddress=127.0.0.1", f"PidFile={pidfile}"):
+        argv += ["-o", option]
+    with ServerProcess(argv, tmp_path / "sshd.log", ready=lambda _: pidfile.exists()) as sshd:
+        before = snapshot(root)
+        result = install(root, credentials, config, "--mode", "pam", "--force")
+        after, pid = snapshot(root), sshd.process.pid
+    where = f"the running sshd (pid {pid}, in /run/sshd.pid) was started as sshd-alt"
+    expected = f"ssh-auth: refusing to install --mode pam: {where}{ANOTHER_NAME}"
+    matrix("install --mode pam beside a running sshd-alt", expected.strip(), result.stderr.strip())
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", expected)
+    assert after == before

@@ -40,6 +40,7 @@ from .pam_files import (
     stack_refusal,
 )
 from .pam_proof import stack_proof
+from .pam_service import service_refusal
 from .proof import BYPASS_ADVICE, PROBE_ADDRESSES, grace_refusal
 from .root import Change, FileState, ServerRoot, owner_ids
 from .shim_build import archive as shim_archive
@@ -203,6 +204,13 @@ class Installer(ServerRoot):
         if options.mode == FORCECOMMAND:
             self._refuse_old_python()
         self._sshd_valid_before()
+        if options.mode == PAM:
+            refusal = service_refusal(self.root, self.effective_for("root"))
+            if refusal:
+                raise InstallError(
+                    f"refusing to install --mode pam: {refusal} (start sshd as sshd, or use "
+                    "--mode forcecommand)"
+                )
         changes = self.plan(options)
         self._refuse_lockout(changes, options)
         todo = [c for c in changes if not self._is_right(c)]

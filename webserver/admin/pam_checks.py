@@ -17,6 +17,7 @@ from .pam_files import (
     stack_refusal,
 )
 from .pam_proof import stack_proof
+from .pam_service import service_refusal
 from .pam_stack import MODULE, OUR_LINE, login_grace_time
 from .proof import PAM_KEYWORDS, PAM_NEEDS, PROBE_ADDRESSES, grace_refusal
 from .sshd import Sshd
@@ -66,6 +67,7 @@ def check_pam(report, settings, root: Path) -> None:
         _check_proof(report, root)
     _check_module(report, root, our_module(text or "") or MODULE)
     _check_openssh(report, Sshd(root).version())
+    _check_service(report, root)
     _check_pam_root(report, root, settings.pam_root)
 
 
@@ -149,6 +151,19 @@ def _check_openssh(report, version: tuple[int, int] | None) -> None:
         else "no Enter needed after approving on the phone",
     ]
     report.ok(f"OpenSSH {version[0]}.{version[1]}: {'; '.join(notes)}")
+
+
+def _check_service(report, root: Path) -> None:
+    """sshd reads the stack we edit (OpenSSH before 9.8 takes its PAM service from its name)."""
+    try:
+        refusal = service_refusal(root, Sshd(root).effective(PROBE_ADDRESSES[0], "root"))
+    except (InstallError, OSError) as error:
+        report.bad(f"sshd's PAM service cannot be read: {error}", "sshd -t")
+        return
+    if refusal:
+        report.bad(refusal, "start sshd as sshd (or ssh-auth install --mode forcecommand)")
+    else:
+        report.ok(f"sshd reads the PAM stack /{PAM_STACK}: nothing starts it under another name")
 
 
 def _check_pam_root(report, root: Path, pam_root: str) -> None:
