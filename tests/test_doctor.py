@@ -446,3 +446,15 @@ def test_doctor_names_each_pam_problem_in_one_line(pam_setup, case, breaks, line
     assert status == 1, out
     assert line.format(module=module) in out.splitlines(), out
 
+
+def test_doctor_warns_of_an_exempt_network_that_takes_in_this_server(setup, target):
+    gate, root, config = setup
+    _, credentials, _ = target
+    exempt = install(root, credentials, config, "--exempt-network", "127.0.0.2/32", "--force")
+    assert exempt.returncode == 0, exempt.stderr
+    status, out = doctor(config, root)
+    assert (
+        "⚠ the exempt network 127.0.0.2/32 takes in loopback (127.0.0.0/8): anyone who gets onto "
+        "this server (a local user, a forwarded port, a jump through it) logs in there without the "
+        "phone, and the service never sees those logins (sshd's log has them)"
+    ) in out.splitlines(), out

@@ -197,7 +197,8 @@ def test_tutorial_install_is_migrated_and_uninstall_clears_its_leftovers(target)
 
 def test_the_installed_drop_in_gates_logins_and_refuses_forwarding(target, tmp_path):
     root, credentials, config = target
-    assert install(root, credentials, config, "--exempt-network", "127.0.0.2/32").returncode == 0
+    exempt = install(root, credentials, config, "--exempt-network", "127.0.0.2/32", "--force")
+    assert exempt.returncode == 0, exempt.stderr  # loopback, to log in from it here
     ensure_user("sa-alice", client_key().with_suffix(".pub").read_text())
     with installed_sshd(root, tmp_path) as server:
         port, base, ssh = server.port, server.base, server.ssh

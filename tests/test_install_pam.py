@@ -622,3 +622,17 @@ def test_a_running_sshd_started_under_another_name_is_refused(pam_target, tmp_pa
     matrix("install --mode pam beside a running sshd-alt", expected.strip(), result.stderr.strip())
     assert (result.returncode, result.stdout, result.stderr) == (1, "", expected)
     assert after == before
+
+
+def test_an_exempt_network_taking_in_this_server_is_refused_in_auth_time_mode_too(pam_target):
+    root, credentials, config = pam_target
+    before = snapshot(root)
+    refused = install(root, credentials, config, "--mode", "pam", "--exempt-network", "127.0.0.1")
+    assert (refused.returncode, refused.stdout, refused.stderr) == (
+        1,
+        "",
+        "ssh-auth: refusing to install: the exempt network 127.0.0.1/32 takes in loopback "
+        "(127.0.0.0/8): anyone who gets onto this server (a local user, a forwarded port, a jump "
+        "through it) would log in there without the phone. Leave it out, or pass --force.\n",
+    )
+    assert snapshot(root) == before

@@ -1,5 +1,6 @@
 """Install proves sshd's effective configuration for every login that matters, or refuses."""
 
+import ipaddress
 import os
 import shutil
 import subprocess
@@ -80,7 +81,8 @@ def test_without_an_include_logins_from_other_addresses_still_meet_allowusers(
 ):
     root, credentials, config = target
     (root / "etc/ssh/sshd_config").write_text(NO_INCLUDE.format(allowed="sa-bob"))
-    assert install(root, credentials, config, "--exempt-network", "127.0.0.2/32").returncode == 0
+    exempt = install(root, credentials, config, "--exempt-network", "127.0.0.2/32", "--force")
+    assert exempt.returncode == 0, exempt.stderr
     for user in ("sa-alice", "sa-bob"):
         ensure_user(user, client_key().with_suffix(".pub").read_text())
     with installed_sshd(root, tmp_path) as server:
@@ -122,7 +124,7 @@ def test_install_proves_the_check_from_an_address_outside_every_exempt_network(
     root, credentials, config = target
     before = snapshot(root)
     exempt = [arg for network in networks for arg in ("--exempt-network", network)]
-    result = install(root, credentials, config, *exempt)
+    result = install(root, credentials, config, *exempt, "--force")  # some take in this server
     assert (result.returncode, result.stderr) == (status, stderr)
     if gated:
         spec = f"user=nobody,host=client.example,addr={gated}"
@@ -232,3 +234,36 @@ def test_allow_forwarding_accepts_forwarding_in_a_match_block_and_nothing_else(t
     assert refused.returncode == 1 and "DisableForwarding is no" in refused.stderr
     allowed = install(root, credentials, config, "--allow-forwarding")
     assert allowed.returncode == 0, allowed.stderr
+
+
+# --- exempt networks that take in the server itself (review 3) ---------------------------------
+
+OWN = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()[0]
+SELF_EXEMPT = [
+    ("loopback", "127.0.0.0/8", "loopback (127.0.0.0/8)"),
+    ("one loopback address", "127.0.0.2/32", "loopback (127.0.0.0/8)"),
+    ("IPv6 loopback", "::1", "loopback (::1/128)"),
+    ("every IPv4 address", "0.0.0.0/0", "loopback (127.0.0.0/8)"),
+    ("this server's own address", OWN, f"this server's own address {OWN}"),
+]
+
+
+@pytest.mark.parametrize("case, network, what", SELF_EXEMPT, ids=[row[0] for row in SELF_EXEMPT])
+def test_an_exempt_network_taking_in_this_server_is_refused_unless_forced(
+    target, matrix, case, network, what
+):
+    root, credentials, config = target
+    before = snapshot(root)
+    refused = install(root, credentials, config, "--exempt-network", network)
+    shown = str(ipaddress.ip_network(network, strict=False))
+    expected = (
+        f"ssh-auth: refusing to install: the exempt network {shown} takes in {what}: anyone who "
+        "gets onto this server (a local user, a forwarded port, a jump through it) would log in "
+        "there without the phone. Leave it out, or pass --force.\n"
+    )
+    matrix(f"install --exempt-network {case}", expected.strip(), refused.stderr.strip())
+    assert (refused.returncode, refused.stdout, refused.stderr) == (1, "", expected)
+    assert snapshot(root) == before
+    forced = install(root, credentials, config, "--exempt-network", network, "--force")
+    assert forced.returncode == 0, forced.stderr
+

@@ -17,6 +17,7 @@ from ..errors import InstallError
 from ..phonecheck import PhoneCheckClient, PhoneCheckError, base_url_for
 from ..registry import entries
 from .dropin import forced_command
+from .exempt_networks import WHO, takes_in_server
 from .layout import FORCECOMMAND, PAM
 from .pam_checks import check_pam, check_pam_login
 from .pam_files import installed_mode
@@ -204,6 +205,13 @@ def _check_sshd(report: Report, settings: Settings, root: str, mode: str) -> Non
             )
     for note in notes:
         report.warn(note)
+    for network in sshd.installed_exempt_networks():
+        what = takes_in_server(network)
+        if what:
+            report.warn(
+                f"the exempt network {network} takes in {what}: {WHO} logs in there without the "
+                "phone, and the service never sees those logins (sshd's log has them)"
+            )
     if mode == FORCECOMMAND:  # in auth-time mode the check is over before any variable is set
         _check_accept_env(report, [v for v in verdicts if not v.exempt_network])
 

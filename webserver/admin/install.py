@@ -1,6 +1,7 @@
 """The install transaction: plan every file, write, prove, roll back on failure; and uninstall."""
 
 import difflib
+import ipaddress
 import json
 import re
 import sys
@@ -12,6 +13,7 @@ from ..errors import InstallError
 from ..files import atomic_write
 from ..registry import RegistryError, check_username, normalise_phone, parse_entry
 from .dropin import render_dropin, render_pam_dropin, split_at_match
+from .exempt_networks import WHO, takes_in_server
 from .layout import (
     BLOCK_BEGIN,
     BLOCK_END,
@@ -201,6 +203,8 @@ class Installer(ServerRoot):
     def install(self, options: InstallOptions) -> bool:
         """Install; False when nothing changed. Validated, and rolled back on any failure."""
         options = self._with_mode(options)
+        if not options.force:
+            _refuse_exempting_the_server(options.exempt_networks)
         if options.mode == FORCECOMMAND:
             self._refuse_old_python()
         self._sshd_valid_before()
@@ -380,6 +384,18 @@ class Installer(ServerRoot):
             refusal = stack_proof(self.root)  # and what libpam itself does with it
             if refusal:
                 raise InstallError(f"refusing to install: {refusal}")
+
+
+def _refuse_exempting_the_server(networks: tuple[str, ...]) -> None:
+    """An exempt network must not take in the server itself (unless --force)."""
+    for network in networks:
+        what = takes_in_server(network)
+        if what:
+            shown = ipaddress.ip_network(network, strict=False)
+            raise InstallError(
+                f"refusing to install: the exempt network {shown} takes in {what}: {WHO} would log "
+                "in there without the phone. Leave it out, or pass --force."
+            )
 
 
 def remove_if_empty(directory: Path) -> None:
