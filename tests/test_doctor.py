@@ -270,6 +270,18 @@ WHOLE = [
         "phone numbers — fix: chown root:ssh-auth {config} && chmod 0640 {config}",
     ),
     (
+        "Match Group with no member to prove it with",
+        lambda g, r, c: (
+            (r / "etc/group").write_text((r / "etc/group").read_text() + "sa-nomember:x:4999:\n"),
+            (r / SSHD_CONFIG).write_text(
+                (r / SSHD_CONFIG).read_text() + "Match Group sa-nomember\n    ForceCommand none\n"
+            ),
+        ),
+        "✗ Match Group sa-nomember (/etc/ssh/sshd_config line 6): no member of group sa-nomember in "
+        "/etc/group to prove it with, so what sshd gives such a login is not proven — fix: change "
+        "the Match line (a group needs a member to prove it with)",
+    ),
+    (
         "system Python 3.8",
         old_python,
         "✗ {root}/usr/bin/python3 is Python 3.8; the shim needs 3.9 or later (Debian 11+, "

@@ -11,6 +11,7 @@ from harness.accounts import client_key, ensure_user
 from harness.processes import run
 from harness.server_root import (
     accounts_aside,
+    add_admin,
     append,
     changed,
     install,
@@ -267,3 +268,46 @@ def test_an_exempt_network_taking_in_this_server_is_refused_unless_forced(
     forced = install(root, credentials, config, "--exempt-network", network, "--force")
     assert forced.returncode == 0, forced.stderr
 
+
+# --- Match blocks install cannot prove (review 3) -------------------------------------------------
+
+
+def no_member_group(root) -> None:
+    """A group of the root's with no member, named in a Match block."""
+    append(root / "etc/group", "sa-nomember:x:4999:\n")
+    append(
+        root / "etc/ssh/sshd_config", "Match Group sa-nomember\n    AuthenticationMethods publickey\n"
+    )
+
+
+@pytest.mark.parametrize("mode", ["forcecommand", "pam"])
+def test_a_match_block_install_cannot_prove_is_refused_unless_forced(target, matrix, mode):
+    root, credentials, config = target
+    add_admin(
+        root,
+        "sa-padmin",
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPx6sYc6Ym7p1dGzJ9wq0X2vV5p3n6X4h1q2r3s4t5u6\n",
+    )
+    config.write_text(config.read_text() + "user=sa-padmin:447700900125\n")
+    no_member_group(root)
+    before = snapshot(root)
+    refused = install(root, credentials, config, "--mode", mode)
+    unproven = (
+        "Match Group sa-nomember (/etc/ssh/sshd_config line 6): no member of group sa-nomember in "
+        "/etc/group to prove it with"
+    )
+    expected = (
+        f"ssh-auth: refusing to install: {unproven}, so what sshd gives such a login cannot be "
+        "proven (change the Match line, or pass --force to install without that proof)\n"
+    )
+    matrix(
+        f"install --mode {mode} over a Match Group with no member",
+        expected.strip(),
+        refused.stderr.strip(),
+    )
+    assert (refused.returncode, refused.stderr) == (1, expected)
+    assert "restored every file to what it was before" in refused.stdout
+    assert accounts_aside(root, snapshot(root)) == accounts_aside(root, before)
+    forced = install(root, credentials, config, "--mode", mode, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert f"note: {unproven}; not proven (--force)\n" in forced.stdout

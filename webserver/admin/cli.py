@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument(
         "--force",
         action="store_true",
-        help="install despite a lockout risk (never despite a login sshd -T shows bypassing the check)",
+        help="install despite a lockout risk, an exempt network that takes in this server, or a "
+        "Match line that cannot be proven (never despite a login sshd -T shows bypassing the check)",
     )
     uninstall = commands.add_parser("uninstall", help="remove what install added (root)")
     uninstall.add_argument("--root", default="/")

@@ -204,7 +204,10 @@ def _check_sshd(report: Report, settings: Settings, root: str, mode: str) -> Non
                 "ssh-auth install (it writes its Match block last, where it swallows nothing)",
             )
     for note in notes:
-        report.warn(note)
+        report.bad(
+            f"{note}, so what sshd gives such a login is not proven",
+            "change the Match line (a group needs a member to prove it with)",
+        )
     for network in sshd.installed_exempt_networks():
         what = takes_in_server(network)
         if what:

@@ -361,8 +361,13 @@ class Installer(ServerRoot):
         verdicts, notes = self.sshd.prove(
             settings.socket, options.exempt_networks, options.allow_forwarding, options.mode
         )
+        if notes and not options.force:  # a Match no probe login reaches could bypass the check
+            raise InstallError(
+                f"refusing to install: {'; '.join(notes)}, so what sshd gives such a login cannot "
+                "be proven (change the Match line, or pass --force to install without that proof)"
+            )
         for note in notes:
-            self.say(f"note: {note}")
+            self.say(f"note: {note}; not proven (--force)")
         for verdict in verdicts:
             refusal = verdict.refusal()
             if refusal:

@@ -189,7 +189,7 @@ def probe_contexts(
             for value in values:
                 fields = _probe_fields(name, value, members, together.get("user"))
                 if fields is None:
-                    notes.append(f"{label}: {_unprovable(name, value)}; not checked")
+                    notes.append(f"{label}: {_unprovable(name, value)}")
                     continue
                 contexts.append(Context(label, **{**defaults, **fields}))
                 if not value.startswith("!"):
