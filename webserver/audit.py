@@ -76,8 +76,8 @@ class Audit:
         except OSError as error:
             raise ConfigError(f"cannot write audit_log {self.path}: {error.strerror}") from None
 
-    def record(self, decision: Decision) -> None:
-        """Log one decision."""
+    def record(self, decision: Decision, central: bool = False) -> None:
+        """Log one decision (central: a fleet's hub has it already; see fleet.agent)."""
         assert decision.outcome in OUTCOMES | {SUPPRESSED}, decision.outcome
         fields = {k: clean(v) if isinstance(v, str) else v for k, v in asdict(decision).items()}
         fields["duration"] = round(decision.duration, 3)

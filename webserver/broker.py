@@ -285,7 +285,8 @@ class Broker:
         self.audit.record(
             Decision(
                 user, uid, address, check_id, verdict.outcome, verdict.reason, time.monotonic() - started
-            )
+            ),
+            central=verdict.central,
         )
 
     def _send_verdict(self, sock: socket.socket, verdict: Verdict) -> None:

@@ -50,6 +50,15 @@ class CheckFlow:
 
     def start(self, sock, caller: Caller, phone: str) -> tuple[Login | None, Verdict | None]:
         """Create the check and send the challenge; or the verdict that it could not start."""
+        login, answer = self.open(caller, phone)
+        if login is None:
+            return None, answer
+        send(sock, answer)
+        return login, None
+
+    def open(self, caller: Caller, phone: str) -> tuple[Login | None, dict | Verdict]:
+        """Create the check and add its login to self.logins: (the login, its challenge message);
+        or (None, the verdict that it could not start)."""
         # SECURITY: the redirect must echo this login's own nonce: a signature the API made for
         # another customer's check (whose redirect_url they chose) can never match it.
         nonce = new_nonce()
@@ -89,14 +98,17 @@ class CheckFlow:
             check.check_url,
             caller.key,
             whole_connection=caller.request["op"] == OP_PAM_LOGIN,
+            host=caller.host,
+            uid=caller.uid,
         )
         self.logins.add(login)
         if caller.request["op"] == OP_PAM_LOGIN:
-            send(sock, self.pam_challenge(login, ttl))
+            challenge = self.pam_challenge(login, ttl)
         else:
-            send(sock, self.challenge(caller.request, check, number, ttl))
-        log.info("check %s started for %s from %s", check.check_id, caller.user, caller.address)
-        return login, None
+            challenge = self.challenge(caller.request, check, number, ttl)
+        where = f" on {caller.host}" if caller.host else ""
+        log.info("check %s started for %s%s from %s", check.check_id, caller.user, where, caller.address)
+        return login, challenge
 
     @staticmethod
     def challenge(request: dict, check, number: str | None, ttl: float) -> dict:

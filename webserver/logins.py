@@ -21,6 +21,7 @@ class Verdict:
     outcome: str
     reason: str
     told: bool = True  # False: the person already saw a reason on this connection (a retry)
+    central: bool = False  # a fleet's hub decided it and has it in its audit table already
 
     def __post_init__(self):
         assert self.outcome in OUTCOMES, self.outcome
@@ -41,6 +42,7 @@ class Caller:
     command: str | None
     request: dict
     key: str | None = None  # the first factor's key, in auth-time mode
+    host: str | None = None  # in a fleet: the enrolled host the login is on (the hub's name)
 
     def groups(self) -> list[str]:
         """The names of every group the user is in (gids without a name are skipped)."""
@@ -84,13 +86,15 @@ class Login:
     check_url: str = ""
     key: str | None = None  # the first factor's key (auth-time mode), shown on the phone
     whole_connection: bool = False  # auth-time mode: approving opens the connection, not a command
+    host: str | None = None  # in a fleet: the host's enrolled name, shown on the phone
+    uid: int | None = None  # the account's uid on its host (for the audit)
     short_token: str = field(default_factory=new_short_token)  # /q/<token> redirects to check_url
     page_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     device: bytes | None = None  # hash of the cookie of the first browser that opened the page
     code: str | None = None
     claimed: bool = False
     verdict: Verdict | None = None
-    wake: tuple[int, int] = field(default_factory=os.pipe)
+    wake: tuple[int, int] | None = None  # the broker's wake-up pipe, made by PendingLogins.add
 
 
 def device_hash(cookie: str) -> bytes:
@@ -106,7 +110,8 @@ class PendingLogins:
         self._logins: dict[str, Login] = {}
 
     def add(self, login: Login) -> None:
-        """Make a login findable by the webhook."""
+        """Make a login findable by the webhook, with the pipe that wakes its broker thread."""
+        login.wake = os.pipe()
         with self._lock:
             self._logins[login.check_id] = login
 
@@ -139,6 +144,12 @@ class PendingLogins:
             if login.device is None:
                 login.device = wanted
             return hmac.compare_digest(login.device, wanted)
+
+    def remember_code(self, login: Login, code: str) -> None:
+        """Keep the code of the first verified redirect for this login (a later one is ignored)."""
+        with self._lock:
+            if login.code is None:
+                login.code = code
 
     def claim(self, check_id: str) -> Login | None:
         """Take a pending login for completion; only the first caller ever gets it."""

@@ -88,6 +88,10 @@ def _plain(text: str, status: int):
 
 @bp.get("/healthz")
 def healthz():
+    """ok, for a load balancer's health check; a fleet's hub also asks its database."""
+    problem = current_app.extensions.get("ssh-auth-health", lambda: None)()
+    if problem:
+        return {"ok": False, "problem": problem}, 503
     return {"ok": True}
 
 
@@ -133,8 +137,7 @@ def phone_arrives():
             404,
             advice="If you are still logging in, scan the newest QR code.",
         )
-    if login.code is None:
-        login.code = redirect.code
+    ctx.logins.remember_code(login, redirect.code)
     if not ctx.settings.confirm_on_phone:
         return _complete(ctx, login)
     device = request.cookies.get(DEVICE_COOKIE) or secrets.token_urlsafe(32)
@@ -151,7 +154,7 @@ def phone_arrives():
             "confirm.html",
             login=login,
             command=CONNECTION_WIDE if login.whole_connection else shown_command(login.command),
-            host=ctx.hostname,
+            host=login.host or ctx.hostname,
             number_match=ctx.settings.number_match,
         )
     )
@@ -227,7 +230,7 @@ def _complete(ctx, login: Login):
             return _page(*ENDED, 409)  # the SSH client left while the API answered
         return _page(
             "Approved",
-            f"{login.user} is signing in to {ctx.hostname}.",
+            f"{login.user} is signing in to {login.host or ctx.hostname}.",
             200,
             ok=True,
             advice="You can close this page.",
