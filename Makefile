@@ -55,7 +55,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 # system service; the tests start their own.
 DEMO_PACKAGES := openssh-server openssh-client
 PAM_PACKAGES  := gcc libc6-dev libpam0g-dev libjson-c-dev cppcheck valgrind
-TEST_PACKAGES := $(DEMO_PACKAGES) $(PAM_PACKAGES) openssh-sftp-server rsync git tmux chromium chromium-driver debootstrap nginx systemd
+TEST_PACKAGES := $(DEMO_PACKAGES) $(PAM_PACKAGES) openssh-sftp-server rsync git tmux chromium chromium-driver debootstrap nginx systemd postgresql
 
 # make docker-test: Debian's Docker daemon, sshpass for the README's password login, and (as for
 # the tests) debootstrap for the local debian:12-slim base and Chromium for the host's browser.

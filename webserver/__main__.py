@@ -58,6 +58,10 @@ CLEANUP_INTERVAL = 1  # seconds between waitress's sweeps for silent connections
 BACKLOG = 1024  # connections the kernel queues past CONNECTION_LIMIT (capped by somaxconn)
 MAX_REQUEST_HEADER_SIZE = 16 * 1024  # the phone's signed redirect URL is under 4 KiB
 MAX_REQUEST_BODY_SIZE = 64 * 1024  # the app refuses bodies past 16 KiB; never spool more
+# A hub replica holds one verdict long-poll (a thread) per host it serves, besides the phones'
+# requests: past about 200 hosts per replica, add replicas.
+HUB_THREADS = 256
+HUB_CONNECTION_LIMIT = 1000
 
 
 def serve(settings: Settings, flow_class=None) -> None:
@@ -78,17 +82,26 @@ def serve(settings: Settings, flow_class=None) -> None:
 
 
 def _serve(settings: Settings, flow_class) -> None:
+    if settings.role == "agent":
+        return _serve_agent(settings)
     import waitress
 
-    broker, app = build(settings, flow_class)
-    broker.bind()  # before any thread starts: the socket's umask cannot race another file
+    from .fleet.wiring import Parts, build_hub
+
+    if settings.role == "hub":
+        broker, (app, parts) = None, build_hub(settings)
+    else:
+        (broker, app), parts = build(settings, flow_class), Parts()
+    if broker:
+        broker.bind()  # before any thread starts: the socket's umask cannot race another file
     host, port = settings.listen
+    hub = settings.role == "hub"
     server = waitress.create_server(
         app,
         host=host,
         port=port,
-        threads=WEBHOOK_THREADS,
-        connection_limit=CONNECTION_LIMIT,
+        threads=HUB_THREADS if hub else WEBHOOK_THREADS,
+        connection_limit=HUB_CONNECTION_LIMIT if hub else CONNECTION_LIMIT,
         channel_timeout=CHANNEL_TIMEOUT,
         cleanup_interval=CLEANUP_INTERVAL,
         backlog=BACKLOG,
@@ -97,25 +110,54 @@ def _serve(settings: Settings, flow_class) -> None:
         asyncore_use_poll=True,  # select() fails once a descriptor number passes 1024
         ident="ssh-auth",
     )
-    broker_thread = threading.Thread(target=broker.serve_forever, name="broker", daemon=True)
-    broker_thread.start()
+    parts.start()
+    if broker:
+        threading.Thread(target=broker.serve_forever, name="broker", daemon=True).start()
 
     log = logging.getLogger("ssh-auth")
     log.info(
-        "webhook listening on http://%s:%s, public URL %s",
+        "%s listening on http://%s:%s, public URL %s",
+        "hub" if hub else "webhook",
         host,
         server.effective_port,
         settings.public_url,
     )
-    log.info("broker listening on %s", settings.socket)
+    if broker:
+        log.info("broker listening on %s", settings.socket)
     api = settings.api_base_url or "https://"
     if settings.insecure_api_base_url and not api.startswith("https://"):
         log.warning("insecure_api_base_url: the API is reached over plain HTTP (%s)", api)
     try:
         server.run()
     finally:
-        broker.shutdown()
+        if broker:
+            broker.shutdown()
         server.close()
+        parts.stop()
+        if broker and os.path.exists(settings.socket):
+            os.unlink(settings.socket)
+
+
+def _serve_agent(settings: Settings) -> None:
+    """A fleet host: the broker's socket only; the hub has the webhook, the API and the state."""
+    from .fleet.wiring import build_agent
+
+    broker, parts = build_agent(settings)
+    broker.bind()
+    parts.start()
+    logging.getLogger("ssh-auth").info(
+        "agent %s listening on %s, hub %s",
+        settings.host_name,
+        settings.socket,
+        ", ".join(settings.hub_urls),
+    )
+    threading.Thread(target=broker.serve_forever, name="broker", daemon=True).start()
+    try:
+        while True:
+            signal.pause()  # until SIGTERM or SIGINT ends the process
+    finally:
+        broker.shutdown()
+        parts.stop()
         if os.path.exists(settings.socket):
             os.unlink(settings.socket)
 

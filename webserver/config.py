@@ -4,6 +4,7 @@ import ipaddress
 import json
 import math
 import os
+import re
 import stat
 from dataclasses import dataclass, field, fields
 from urllib.parse import urlsplit
@@ -14,6 +15,9 @@ from .errors import ExitCode, SshAuthError
 
 DEFAULT_CONFIG = "/etc/ssh-auth/ssh-auth.conf"
 DEFAULT_CREDENTIALS = "/etc/ssh-auth/tru.json"
+DEFAULT_HOST_KEY = "/etc/ssh-auth/host.key"  # a fleet agent's Ed25519 key (ssh-auth fleet join)
+ROLES = ("standalone", "hub", "agent")
+HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 REGISTRY_KEYS = frozenset({"user", "header", "allow_once"})  # lines the registry reads
 
 
@@ -98,6 +102,8 @@ def _url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
         raise ValueError("must be an absolute http(s) URL without a query")
+    if any(character.isspace() for character in value):
+        raise ValueError("must be one URL, without spaces (a list is separated by commas)")
     return value.rstrip("/")
 
 
@@ -121,6 +127,28 @@ def _is_loopback(host: str | None) -> bool:
         return ipaddress.ip_address(host or "").is_loopback
     except ValueError:
         return False
+
+
+def _database_url(value: str) -> str:
+    if urlsplit(value).scheme not in ("postgresql", "postgres"):
+        raise ValueError("must be a postgresql:// URL")
+    return value
+
+
+def _hub_urls(value: str) -> tuple[str, ...]:
+    urls = tuple(_url(url) for url in _words(value))
+    if not urls:
+        raise ValueError("must name at least one URL")
+    for url in urls:
+        if urlsplit(url).scheme != "https" and not _is_loopback(urlsplit(url).hostname):
+            raise ValueError(f"{url} is plain HTTP to another host: use https")
+    return urls
+
+
+def _host_name(value: str) -> str:
+    if not HOST_NAME.fullmatch(value):
+        raise ValueError("must be 1-63 letters, digits, '.', '_' or '-'")
+    return value
 
 
 def _path(value: str) -> str:
@@ -158,6 +186,11 @@ class Settings:
     audit_log: str | None = None
     pam_qr: str = "unicode"
     pam_root: str = "deny"
+    role: str = "standalone"
+    database_url: str | None = field(default=None, repr=False)
+    hub_urls: tuple[str, ...] = ()
+    host_name: str | None = None
+    host_key: str = DEFAULT_HOST_KEY
     config_path: str = DEFAULT_CONFIG
 
     @classmethod
@@ -197,6 +230,20 @@ class Settings:
 
     def validate(self) -> None:
         """Checks that span keys."""
+        if self.role == "agent":
+            if not self.hub_urls:
+                raise ConfigError(
+                    f"{self.config_path}: role = agent needs hub_urls (ssh-auth fleet join sets it)"
+                )
+            if not self.host_name:
+                raise ConfigError(
+                    f"{self.config_path}: role = agent needs host_name (ssh-auth fleet join sets it)"
+                )
+            return  # the hub has the API, the registry and the public URL
+        if self.role == "hub" and not self.database_url:
+            raise ConfigError(
+                f"{self.config_path}: role = hub needs database_url (postgresql://USER:PASSWORD@HOST/DB)"
+            )
         if self.tunnel == "none" and not self.public_url:
             raise ConfigError(
                 f"{self.config_path}: public_url is required unless tunnel = ngrok "
@@ -254,5 +301,10 @@ PARSERS = {
     "audit_log": _path,
     "pam_qr": _choice("unicode", "ascii"),
     "pam_root": _choice("deny", "check"),
+    "role": _choice(*ROLES),
+    "database_url": _database_url,
+    "hub_urls": _hub_urls,
+    "host_name": _host_name,
+    "host_key": _path,
 }
 assert set(PARSERS) | {"config_path"} == {f.name for f in fields(Settings)}

@@ -46,6 +46,16 @@ RETRY_ON_CONNECTION = (
     "Access denied."
 )
 INTERNAL = "internal error in the ssh-auth service. Access denied."
+# Fleet mode: what an agent says when its hub cannot decide. None of these ever lets anyone in.
+HUB_UNREACHABLE = "the ssh-auth hub cannot be reached. Access denied."
+HUB_DATABASE_DOWN = "the ssh-auth hub cannot reach its database. Access denied."
+HUB_REFUSED_HOST = (
+    "the ssh-auth hub does not accept this server (not enrolled, or revoked). Access denied."
+)
+HUB_CLOCK = "this server's clock and the ssh-auth hub's differ by more than 5 minutes. Access denied."
+HUB_NO_ANSWER = "the ssh-auth hub gave no verdict in time. Access denied."
+HOST_REVOKED = "this server was revoked from the fleet. Access denied."
+VERIFY_ON_HUB = "phone numbers are registered on the fleet's hub, not on its hosts. Access denied."
 
 # The mobile network's error codes, each with a fixed line: the network's own free text is never
 # shown (a forged redirect could otherwise write into the victim's terminal).

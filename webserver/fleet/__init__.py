@@ -1,0 +1,1 @@
+"""Fleet mode: many SSH hosts (agents) sharing one hub of identical replicas on PostgreSQL."""
