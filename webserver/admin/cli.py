@@ -6,7 +6,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ..config import DEFAULT_CONFIG
 from ..errors import ExitCode, SshAuthError
-from . import users
+from . import fleet, users
 from .layout import MODES
 
 
@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser("doctor", help="check the installation, one line each")
     doctor.add_argument("--config", default=DEFAULT_CONFIG)
     doctor.add_argument("--root", default="/")
+    fleet.add_parsers(commands, DEFAULT_CONFIG)
     commands.add_parser("version", help="print the version")
     return parser
 
@@ -186,6 +187,7 @@ COMMANDS = {
     "allow-once": users.allow_once,
     "config": config,
     "doctor": doctor,
+    "fleet": fleet.run,
     "version": show_version,
 }
 

@@ -18,6 +18,18 @@ def register_user(args) -> int:
     """Check the name, the account and the number, then write the entry atomically."""
     user = check_username(args.user)
     phone = normalise_phone(args.phone)
+    registry = _fleet_registry(args.config)
+    if registry:
+        if args.verify:
+            raise RegistryError(
+                "--verify runs through a server's own socket; a hub has none: register the "
+                "number, then log in once to a host to check it"
+            )
+        changed = _on_hub(registry, lambda r: r.register(user, phone))
+        print(
+            f"registered {user} as +{phone} for the fleet" if changed else f"{user} is already +{phone}"
+        )
+        return 0
     try:
         pwd.getpwnam(user)
     except KeyError:
@@ -51,7 +63,11 @@ def _verified(config: str, user: str, phone: str) -> bool:
 def unregister_user(args) -> int:
     """Forget a user's number (their logins are then 'unregistered')."""
     user = check_username(args.user)
-    if set_line(args.config, "user", user, None):
+    registry = _fleet_registry(args.config)
+    if registry and _on_hub(registry, lambda r: r.unregister(user)):
+        print(f"unregistered {user} from the fleet")
+        return 0
+    if not registry and set_line(args.config, "user", user, None):
         print(f"unregistered {user}")
         return 0
     print(f"ssh-auth: {user} was not registered", file=sys.stderr)
@@ -60,6 +76,11 @@ def unregister_user(args) -> int:
 
 def list_users(args) -> int:
     """Every registered user and number, in file order; flags accounts that do not exist."""
+    registry = _fleet_registry(args.config)
+    if registry:
+        for user, phone in _on_hub(registry, lambda r: r.entries()):
+            print(f"{user}\t+{phone}")  # accounts live on the hosts, not on the hub
+        return 0
     for user, phone in entries(args.config):
         missing = "" if exists(user) else "   (no such user on this machine)"
         print(f"{user}\t+{phone}{missing}")
@@ -76,7 +97,12 @@ def allow_once(args) -> int:
     if seconds > 7 * 86400:
         raise RegistryError("--for: at most 7d; exempt the user in exempt_users instead")
     until = int(time.time()) + seconds
-    set_line(args.config, "allow_once", user, str(until))
+    registry = _fleet_registry(args.config)
+    if registry:
+        if not _on_hub(registry, lambda r: r.allow_once(user, until)):
+            raise RegistryError(f"{user} is not registered in the fleet")
+    else:
+        set_line(args.config, "allow_once", user, str(until))
     print(
         f"{user} may log in without the phone until "
         f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(until))} (each login is logged)"
@@ -91,3 +117,42 @@ def exists(user: str) -> bool:
     except KeyError:
         return False
     return True
+
+
+def _fleet_registry(config: str):
+    """The fleet's registry when this is a hub; None on a single server; an error on an agent."""
+    from ..config import Settings
+
+    if _role(config) == "standalone":
+        return None  # a single server's registry is its own file, valid settings or not
+    settings = Settings.load(config)
+    if settings.role == "agent":
+        raise RegistryError("this host is a fleet agent: register users on the hub")
+    if settings.role != "hub":
+        return None
+    from ..fleet.database import Database
+    from ..fleet.shared_policy import SharedRegistry
+
+    return SharedRegistry(Database(settings.database_url, max_size=2))
+
+
+def _on_hub(registry, action):
+    """Run one registry action on the hub's database, then close it."""
+    try:
+        return action(registry)
+    finally:
+        registry.database.close()
+
+
+def _role(config: str) -> str:
+    """The file's `role` (standalone when none, or when the file does not exist yet)."""
+    try:
+        with open(config, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except FileNotFoundError:
+        return "standalone"
+    for line in lines:
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == "role" and not line.lstrip().startswith("#"):
+            return value.strip()
+    return "standalone"
