@@ -6,6 +6,7 @@ import pytest
 from harness.accounts import Ledger
 from harness.deployment import SHIM_BUILD, Deployments
 from harness.emulator import Emulator, write_tru_json
+from harness.fleet import Fleet
 from harness.pam_gate import PAM_BUILD, PamGate
 from harness.server_root import debian_root
 from harness.server_root import default_host_keys as host_keys
@@ -96,6 +97,14 @@ def deployments(emulator_server):
     shared = Deployments(emulator_server)
     yield shared
     shared.close()
+
+
+@pytest.fixture(scope="module")
+def fleet(emulator_server, pam_module):
+    """PostgreSQL, two hub replicas (failmode = safe: about the API only) and the hosts a test
+    module adds, stopped with the module."""
+    with Fleet(emulator_server, settings={"failmode": "safe"}) as running:
+        yield running
 
 
 @pytest.fixture(autouse=True)
