@@ -512,6 +512,11 @@ UNREADABLE = [
         "(/etc/pam.d/sshd-extra, /usr/lib/pam.d/sshd-extra)",
     ),
     (
+        "a line that is left of an auth line continued before",
+        at_the_top(STACK, "    readenv=1\n"),
+        "/etc/pam.d/sshd line 1 starts with readenv=1, which is no PAM type: libpam fails every login",
+    ),
+    (
         "a line longer than libpam reads at once",
         at_the_top(STACK, LONG),
         "/etc/pam.d/sshd line 1 is longer than libpam reads at once (1023 bytes): it would read "

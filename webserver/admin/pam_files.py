@@ -21,6 +21,7 @@ from .sshd import Sshd
 from .system import read
 
 MAX_INCLUDE_DEPTH = 8  # deeper @includes are not followed: each counts as another auth line
+TYPES = ("auth", "account", "password", "session")
 LIBPAM_LINE = 1023  # libpam reads a line with fgets() into 1024 bytes: the rest is another line
 SYMBOL = "pam_sm_authenticate"
 UNREADABLE_ADVICE = (
@@ -161,29 +162,37 @@ def elf_exports(data: bytes) -> set[str] | None:
 
 def stack_problem(root: Path, text: str, name: str = f"/{PAM_STACK}", depth: int = 0) -> str | None:
     """Where libpam would read a stack file, or a file it includes, otherwise than the functions
-    below do: a line continued onto the next, a line longer than libpam reads at once, an include
-    of a file libpam would not find (None: nowhere)."""
+    below do, or fail every login on it (None: nowhere)."""
     for number, line in enumerate(text.split("\n"), 1):
-        where = f"{name} line {number}"
-        if len(line.encode(errors="surrogateescape")) > LIBPAM_LINE:
-            return (
-                f"{where} is longer than libpam reads at once ({LIBPAM_LINE} bytes): it would read "
-                "the rest as another line"
-            )
         words = _words(line)
-        if words and words[-1].endswith("\\"):
-            return f"{where} ends in a backslash, so libpam reads the next line as part of it"
-        included = _included(words)
-        if included is None or depth >= MAX_INCLUDE_DEPTH:
+        problem = _line_problem(line, words)
+        if problem:
+            return f"{name} line {number} {problem}"
+        included = _included(words) if depth < MAX_INCLUDE_DEPTH else None
+        if included is None:
             continue
         target, candidates = included
         found = next((c for c in candidates if (root / c).is_file()), None)
         if found is None:
             shown = ", ".join(f"/{c}" for c in candidates)
-            return f"{where} includes {target or 'nothing'}, which libpam would not find ({shown})"
+            missing = f"includes {target or 'nothing'}, which libpam would not find ({shown})"
+            return f"{name} line {number} {missing}"
         problem = stack_problem(root, _text(root, found), f"/{found}", depth + 1)
         if problem:
             return problem
+    return None
+
+
+def _line_problem(line: str, words: list[str]) -> str | None:
+    if len(line.encode(errors="surrogateescape")) > LIBPAM_LINE:
+        return (
+            f"is longer than libpam reads at once ({LIBPAM_LINE} bytes): it would read the rest "
+            "as another line"
+        )
+    if words and words[-1].endswith("\\"):
+        return "ends in a backslash, so libpam reads the next line as part of it"
+    if words and words[0].lower() != "@include" and words[0].lstrip("-").lower() not in TYPES:
+        return f"starts with {words[0]}, which is no PAM type: libpam fails every login"
     return None
 
 
@@ -212,6 +221,9 @@ def auth_lines(root: Path, text: str, depth: int = 0) -> list[str]:
 
 def stack_refusal(root: Path, text: str) -> str | None:
     """Why sshd's PAM stack would not run our module alone (None: it would)."""
+    problem = stack_problem(root, text)  # install and doctor ask first, with their own advice
+    if problem:
+        return problem
     found = auth_lines(root, text)
     if not any(OUR_LINE.match(line) for line in found):
         return f"the PAM stack /{PAM_STACK} has no line for ssh-auth's module"
