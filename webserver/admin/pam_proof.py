@@ -97,13 +97,14 @@ def _authenticate(confdir: str) -> tuple[bool, int | None, str]:
         result = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, cwd="/")
     except subprocess.TimeoutExpired:
         return False, None, f"did not finish within {TIMEOUT} s"
-    try:
-        answer = json.loads(result.stdout)
+    try:  # the last line: a module may have printed something of its own before it
+        answer = json.loads((result.stdout.strip().splitlines() or [""])[-1])
         return answer["started"], answer["code"], answer["said"]
     except (ValueError, KeyError, TypeError):
         if result.returncode < 0:
             return False, None, f"crashed (signal {-result.returncode})"
-        return False, None, f"failed (exit {result.returncode}: {result.stderr.strip()[-200:]})"
+        last = (result.stderr.strip().splitlines() or [""])[-1][:200]
+        return False, None, f"failed (exit {result.returncode}: {last})"
 
 
 class _Service:
