@@ -469,3 +469,30 @@ def test_allow_once_on_the_hub_lets_in_until_it_ends(fleet, hosts):
     session = hosts["a"].ssh("sa-bob", "echo checked")
     PhoneHolder(USERS["sa-bob"]).approve(session.check_url())  # the phone again, once it ended
     assert session.finish()[:2] == (0, b"checked\n")
+
+
+def doctor(config) -> str:
+    return subprocess.run(
+        [str(VENV_BIN / "ssh-auth"), "doctor", "--config", str(config)], capture_output=True, text=True
+    ).stdout
+
+
+def test_doctor_on_a_hub_checks_its_database(fleet):
+    lines = doctor(fleet.hub_config)
+    assert "✔ database answers, schema at version 1\n" in lines
+    assert "✔ the webhook answers at" in lines
+    fleet.postgres.stop()
+    try:
+        assert "✗ database: the database is unavailable" in doctor(fleet.hub_config)
+    finally:
+        fleet.postgres.start()
+
+
+def test_doctor_on_a_host_checks_its_key_and_its_hub(fleet, hosts):
+    lines = doctor(hosts["a"].config)
+    assert "✔ host key" in lines and ": mode 0600\n" in lines
+    assert "✔ the hub accepts host-a's signed requests" in lines
+    assert "credentials" not in lines  # a host has no API secret to check
+    for replica in fleet.replicas:
+        replica.stop()
+    assert "✗ the hub does not accept this host's requests" in doctor(hosts["a"].config)

@@ -18,6 +18,7 @@ from ..phonecheck import PhoneCheckClient, PhoneCheckError, base_url_for
 from ..registry import entries
 from .dropin import forced_command
 from .exempt_networks import WHO, takes_in_server
+from .fleet_doctor import check_agent, check_hub
 from .layout import FORCECOMMAND, PAM
 from .pam_checks import check_pam, check_pam_login
 from .pam_files import installed_mode
@@ -75,21 +76,34 @@ def run_checks(config_path: str, root: str = "/") -> int:
         report.bad(f"configuration: {error}", fix)
         return 1
     report.ok(f"configuration {config_path} is valid")
+    if settings.role == "hub":  # a fleet's hub: the phones' side only, no SSH gate of its own
+        check_hub(report, settings)
+        _check_service_side(report, settings)
+        return 1 if report.failed else 0
     mode = installed_mode(Path(root)) or FORCECOMMAND  # auth-time mode runs no shim
     _check_registry_access(report, config_path, root)
     if mode == FORCECOMMAND:
         _check_shim_python(report, root)
-    client = _check_credentials(report, settings)
-    if client:
-        _check_api(report, client)
-    _check_webhook(report, settings)
+    if settings.role == "agent":  # a fleet's host: no API secret, no registry, no webhook
+        check_agent(report, settings)
+    else:
+        _check_service_side(report, settings)
     _check_socket(report, settings)
     _check_sshd(report, settings, root, mode)
     if mode == PAM:
         check_pam(report, settings, Path(root))
-    _check_users(report, config_path, start_up_files=mode == FORCECOMMAND)
-    _check_balance(report, settings)
+    if settings.role == "standalone":  # a fleet's users are in the hub's database
+        _check_users(report, config_path, start_up_files=mode == FORCECOMMAND)
+        _check_balance(report, settings)
     return 1 if report.failed else 0
+
+
+def _check_service_side(report: Report, settings: Settings) -> None:
+    """What the phones meet: the credentials, the API, the webhook at its public URL."""
+    client = _check_credentials(report, settings)
+    if client:
+        _check_api(report, client)
+    _check_webhook(report, settings)
 
 
 def _check_credentials(report: Report, settings: Settings) -> PhoneCheckClient | None:
