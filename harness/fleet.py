@@ -16,9 +16,11 @@ from .postgres import Postgres
 from .processes import ServerProcess, free_port
 
 
-def ssh_auth(*argv: str) -> subprocess.CompletedProcess:
+def ssh_auth(*argv: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     """The `ssh-auth` admin command; its result (checked: a failure raises with its output)."""
-    result = subprocess.run([str(VENV_BIN / "ssh-auth"), *argv], capture_output=True, text=True)
+    result = subprocess.run(
+        [str(VENV_BIN / "ssh-auth"), *argv], capture_output=True, text=True, input=stdin
+    )
     if result.returncode != 0:
         raise AssertionError(f"ssh-auth {' '.join(argv)} failed: {result.stdout}{result.stderr}")
     return result
@@ -110,7 +112,8 @@ class Fleet:
 
     def add_host(self, name: str, kind: type = Gate, **options) -> Gate:
         """A new SSH host enrolled in the fleet (kind: Gate for ForceCommand mode, PamGate)."""
-        token = ssh_auth("fleet", "add-host", "--config", self.hub_config, name).stdout.split()[-1]
+        invited = ssh_auth("fleet", "add-host", "--config", self.hub_config, name).stdout
+        token = invited.splitlines()[1].strip()
         host_class = FleetPamHost if issubclass(kind, PamGate) else FleetHost
         host = host_class(self, name, token, self.emulator, users=self.users, **options)
         host.__enter__()
@@ -149,7 +152,7 @@ class FleetHost(Gate):
         self.host_key = self.root / "etc" / "host.key"
         replica_1, replica_2 = (replica.url for replica in self.fleet.replicas)
         ssh_auth("fleet", "join", "--config", str(self.config), "--host-key", str(self.host_key),
-                 replica_1, self.token)  # fmt: skip
+                 replica_1, stdin=self.token + "\n")  # fmt: skip
         # In production hub_urls is the balancer; here each replica, so agents fail over.
         ssh_auth("config", "set", "--config", str(self.config), "hub_urls", f"{replica_1},{replica_2}")
         return self.config

@@ -1,6 +1,8 @@
 """Fleet mode on one machine: a real PostgreSQL, two hub replicas behind a balancer, SSH hosts
 (real sshd, real ssh client) whose services are agents enrolled with `ssh-auth fleet`."""
 
+import base64
+import concurrent.futures
 import json
 import os
 import secrets
@@ -185,16 +187,19 @@ def test_a_revoked_host_is_refused_at_its_next_login(fleet, hosts):
 
 
 def test_an_enrolment_token_works_once(fleet, hosts, tmp_path):
-    token = ssh_auth("fleet", "add-host", "--config", fleet.hub_config, "host-once").stdout.split()[-1]
+    invited = ssh_auth("fleet", "add-host", "--config", fleet.hub_config, "host-once").stdout
+    assert "(not as an argument: every local user can read a command line)" in invited
+    token = invited.splitlines()[1].strip()
     config = tmp_path / "ssh-auth.conf"
     for attempt in ("first", "second"):
         config.write_text(f"public_url = http://127.0.0.1:{free_port()}\nsocket = {tmp_path}/s.sock\n")
         key = tmp_path / f"{attempt}.key"
         argv = ["fleet", "join", "--config", str(config), "--host-key", str(key)]
         result = subprocess.run(
-            [str(VENV_BIN / "ssh-auth"), *argv, fleet.replicas[0].url, token],
+            [str(VENV_BIN / "ssh-auth"), *argv, fleet.replicas[0].url],
             capture_output=True,
             text=True,
+            input=token + "\n",  # as pasted: never on the command line
         )
         if attempt == "first":
             assert result.returncode == 0, result.stderr
@@ -496,3 +501,79 @@ def test_doctor_on_a_host_checks_its_key_and_its_hub(fleet, hosts):
     for replica in fleet.replicas:
         replica.stop()
     assert "✗ the hub does not accept this host's requests" in doctor(hosts["a"].config)
+
+
+# --- a host gone bad (a stolen host key) -----------------------------------------------------
+
+
+def test_a_host_holds_at_most_two_long_polls_at_once_on_a_replica(fleet, hosts):
+    waiting = hosts["a"].ssh("sa-alice", "echo polled")
+    check = waiting.check_url().split("/checks/")[1].split("/")[0]
+    body = {"ids": [check], "wait": 3}
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: signed_post(hosts["a"], "/fleet/v1/verdicts", body), range(6)))
+    assert sorted(a.status_code for a in answers).count(429) >= 3  # the agent holds one of two
+    assert {a.json()["error"] for a in answers if a.status_code == 429} == {"busy"}
+    other = hosts["b"].ssh("sa-bob", "echo unaffected")  # another host is not slowed
+    PhoneHolder(USERS["sa-bob"]).approve(other.check_url())
+    assert other.finish()[:2] == (0, b"unaffected\n")
+    PhoneHolder(ALICE).approve(waiting.check_url())
+    assert waiting.finish()[:2] == (0, b"polled\n")
+
+
+def test_a_trusted_place_does_not_lift_a_hosts_share_of_the_fleets_checks(fleet):
+    from webserver.fleet.database import Database
+    from webserver.fleet.shared_policy import SharedBudget
+
+    fleet.postgres.psql("DELETE FROM check_events", database="ssh_auth")  # this test's minute only
+    database = Database(fleet.postgres.url, max_size=1)
+    try:
+        budget = SharedBudget(database, per_address=1000, per_minute=4)
+        host = f"host-{secrets.token_hex(3)}"
+        taken = [budget.take(host, "sa-alice", "198.51.100.7", trusted=True) for _ in range(3)]
+        assert taken[:2] == [None, None] and taken[2][0] == "service"  # half of 4 a minute
+        assert budget.take(f"{host}-2", "sa-alice", "198.51.100.7", trusted=True) is None
+    finally:
+        database.close()
+
+
+def test_forwarded_audit_lines_are_limited_per_host(fleet, hosts):
+    item = {"user": "sa-x", "uid": 3_000_000_000, "client": "local", "outcome": "denied",
+            "reason": "flood", "duration": 0.0}  # fmt: skip
+    statuses = [
+        signed_post(hosts["b"], "/fleet/v1/audit", {"decisions": [item] * 100}).status_code
+        for _ in range(12)
+    ]
+    assert statuses[0] == 200 and statuses[-1] == 429  # a uid past 2**31 is stored as it is
+
+
+def test_a_small_order_public_key_cannot_join(fleet):
+    invited = ssh_auth("fleet", "add-host", "--config", fleet.hub_config, "host-weak").stdout
+    token = invited.splitlines()[1].strip()
+    identity = base64.b64encode(bytes([1]) + bytes(31)).decode()  # verifies any (R=1, S=0)
+    weak = requests.post(
+        f"{fleet.replicas[0].url}/fleet/v1/join",
+        json={"token": token, "public_key": identity},
+        timeout=10,
+    )
+    assert weak.status_code == 401
+    genuine = base64.b64encode(os.urandom(32)).decode()
+    assert requests.post(
+        f"{fleet.replicas[0].url}/fleet/v1/join",
+        json={"token": token, "public_key": genuine},
+        timeout=10,
+    ).json() == {"host": "host-weak"}  # the token was not spent by the refused key
+
+
+def test_a_malformed_verdict_answer_denies_and_the_poller_goes_on():
+    from webserver.fleet.agent import VerdictPoller
+
+    poller = VerdictPoller(client=None)
+    waiter = poller.add("a-login", deadline=time.monotonic() + 60)
+    try:
+        poller._deliver(
+            {"verdicts": [{"id": ["x"]}, {"id": "a-login", "allow": True, "outcome": ["allowed"]}]}
+        )
+        assert waiter.verdict is not None and not waiter.verdict.allow
+    finally:
+        poller.remove(waiter)

@@ -214,7 +214,8 @@ class Settings:
             key, sep, value = stripped.partition("=")
             key, value = key.strip(), value.strip()
             if not sep:
-                raise ConfigError(f"{path} line {number}: expected 'key = value', got {stripped!r}")
+                # The line itself is not echoed: it may be a pasted secret (a database URL).
+                raise ConfigError(f"{path} line {number}: expected 'key = value'")
             if key in REGISTRY_KEYS:
                 continue
             parser = PARSERS.get(key)

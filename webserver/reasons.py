@@ -53,6 +53,9 @@ HUB_REFUSED_HOST = (
     "the ssh-auth hub does not accept this server (not enrolled, or revoked). Access denied."
 )
 HUB_CLOCK = "this server's clock and the ssh-auth hub's differ by more than 5 minutes. Access denied."
+HUB_BUSY = (
+    "the ssh-auth hub is refusing this server's requests for now (over its limits). Access denied."
+)
 HUB_NO_ANSWER = "the ssh-auth hub gave no verdict in time. Access denied."
 HOST_REVOKED = "this server was revoked from the fleet. Access denied."
 VERIFY_ON_HUB = "phone numbers are registered on the fleet's hub, not on its hosts. Access denied."

@@ -2,6 +2,7 @@
 on a hub; `join` on a host, which makes the host's key and turns its service into an agent."""
 
 import base64
+import getpass
 import os
 import pwd
 import sys
@@ -60,8 +61,10 @@ def add_host(args) -> int:
         token = Hosts(db).add(args.name)
     finally:
         db.close()
-    print(f"invited {args.name}; on that host, within {ENROL_HOURS} h, run (once):")
-    print(f"  ssh-auth fleet join {settings.public_url or 'HUB_URL'} {token}")
+    print(f"invited {args.name}; its one-time enrolment token (valid {ENROL_HOURS} h):")
+    print(f"  {token}")
+    print(f"on that host, run `ssh-auth fleet join {settings.public_url or 'HUB_URL'}` and paste it")
+    print("(not as an argument: every local user can read a command line)")
     return 0
 
 
@@ -106,13 +109,14 @@ def join(args) -> int:
     except ValueError as error:
         raise ConfigError(f"{args.hub_url}: {error}") from None
     Settings.load(args.config)  # the file must be a valid configuration before it is changed
+    token = args.token or _read_token()
     key_path = args.host_key or Settings.load(args.config).host_key
     key = _host_key(key_path)
     public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     try:
         response = requests.post(
             f"{hub_url}/fleet/v1/join",
-            json={"token": args.token, "public_key": base64.b64encode(public).decode()},
+            json={"token": token, "public_key": base64.b64encode(public).decode()},
             timeout=10,
         )
     except requests.RequestException as error:
@@ -131,6 +135,18 @@ def join(args) -> int:
     )
     print(f"joined the fleet as {name}; restart ssh-auth-server (systemctl restart ssh-auth)")
     return 0
+
+
+def _read_token() -> str:
+    """The enrolment token from the terminal (not echoed) or from standard input."""
+    if sys.stdin.isatty():
+        token = getpass.getpass("enrolment token (from ssh-auth fleet add-host on the hub): ")
+    else:
+        token = sys.stdin.readline()
+    token = token.strip()
+    if not token:
+        raise JoinError("no enrolment token given (paste the one ssh-auth fleet add-host printed)")
+    return token
 
 
 def _host_key(path: str) -> Ed25519PrivateKey:
@@ -170,7 +186,12 @@ def add_parsers(commands, default_config: str) -> None:
             action.add_argument("name")
         if name == "join":
             action.add_argument("hub_url", help="the hub's URL (https, or http on loopback)")
-            action.add_argument("token", help="the token `fleet add-host` printed on the hub")
+            action.add_argument(
+                "token",
+                nargs="?",
+                help="the token `fleet add-host` printed (asked for, or read from standard input, "
+                "when not given: an argument shows in the process list)",
+            )
             action.add_argument("--host-key", help="where to keep the host's key (host_key)")
 
 

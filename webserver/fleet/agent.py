@@ -27,6 +27,8 @@ UNAVAILABLE = {
     "database": reasons.HUB_DATABASE_DOWN,
     "refused": reasons.HUB_REFUSED_HOST,
     "clock": reasons.HUB_CLOCK,
+    "busy": reasons.HUB_BUSY,
+    "rejected": reasons.HUB_NO_ANSWER,
 }
 
 
@@ -35,7 +37,9 @@ def hub_verdict(answer) -> Verdict | None:
     if not isinstance(answer, dict):
         return None
     allow, outcome, reason = answer.get("allow"), answer.get("outcome"), answer.get("reason")
-    if not (isinstance(allow, bool) and outcome in OUTCOMES and isinstance(reason, str)):
+    if not (isinstance(allow, bool) and isinstance(outcome, str) and isinstance(reason, str)):
+        return None
+    if outcome not in OUTCOMES:
         return None
     if allow and outcome not in ("allowed", "exempt", "failsafe"):
         return None  # SECURITY: only these outcomes may open a login the hub decided
@@ -99,10 +103,15 @@ class VerdictPoller:
                 if self._stop:
                     return
                 ids = list(self._waiters)
+            attempt = LONG_POLL + 5  # a replica that holds it longer has stalled: the next one
             try:
                 answer = self.client.post(
-                    "/fleet/v1/verdicts", {"ids": ids, "wait": LONG_POLL}, timeout=LONG_POLL + 10
+                    "/fleet/v1/verdicts",
+                    {"ids": ids, "wait": LONG_POLL},
+                    timeout=attempt * len(self.client.urls),
+                    attempt=attempt,
                 )
+                self._deliver(answer)
             except HubUnavailable as error:
                 if self._warn("long-poll") is not None:
                     log.warning("verdict long-poll: %s", error)
@@ -110,7 +119,9 @@ class VerdictPoller:
                     self._deny_all(deny(UNAVAILABLE[error.why], "error"))
                 time.sleep(RETRY_AFTER)  # each login's own deadline denies it if this lasts
                 continue
-            self._deliver(answer)
+            except Exception:  # never let one bad answer end the host's only verdict thread
+                log.exception("verdict long-poll failed")
+                time.sleep(RETRY_AFTER)
 
     def _deny_all(self, verdict: Verdict) -> None:
         with self._lock:
@@ -122,7 +133,8 @@ class VerdictPoller:
         unknown = answer.get("unknown") if isinstance(answer.get("unknown"), list) else []
         with self._lock:
             for item in found:
-                waiter = self._waiters.get(item.get("id")) if isinstance(item, dict) else None
+                check_id = item.get("id") if isinstance(item, dict) else None
+                waiter = self._waiters.get(check_id) if isinstance(check_id, str) else None
                 if waiter:
                     waiter.deliver(hub_verdict(item) or deny(reasons.HUB_NO_ANSWER, "error"))
             for check_id in unknown:
@@ -240,7 +252,7 @@ class ForwardingAudit(Audit):
             self._ready.wait()
             self._ready.clear()
             while self._queue:
-                batch = [self._queue[i] for i in range(min(100, len(self._queue)))]
+                batch = [self._queue.popleft() for _ in range(min(100, len(self._queue)))]
                 items = [
                     {
                         "user": d.user,
@@ -255,8 +267,9 @@ class ForwardingAudit(Audit):
                 try:
                     self.client.post("/fleet/v1/audit", {"decisions": items}, timeout=10)
                 except HubUnavailable as error:
+                    if error.why == "rejected":  # the hub will never take this batch: say so
+                        log.error("the hub rejected %d audit lines: %s", len(batch), error)
+                        continue
                     log.warning("audit not forwarded yet (%d waiting): %s", len(self._queue), error)
+                    self._queue.extendleft(reversed(batch))  # first again, in order
                     time.sleep(5)
-                    continue
-                for _ in batch:
-                    self._queue.popleft()

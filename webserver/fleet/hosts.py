@@ -9,6 +9,25 @@ from ..errors import ExitCode, SshAuthError
 from .database import Database
 
 ENROL_HOURS = 24  # an enrolment token not used within this is void
+# Ed25519 points of small order (as libsodium refuses them): with such a "public key" one
+# signature verifies for every message, so anyone could sign as the host.
+SMALL_ORDER = frozenset(
+    bytes.fromhex(point)
+    for point in (
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "0000000000000000000000000000000000000000000000000000000000000080",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+        "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "0100000000000000000000000000000000000000000000000000000000000080",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+    )
+)
 
 
 class HostError(SshAuthError):
@@ -63,7 +82,7 @@ class Hosts:
 
     def join(self, token: str, public_key: bytes) -> str | None:
         """Register the host's public key with its token (once); the host's name, or None."""
-        if len(public_key) != 32:
+        if len(public_key) != 32 or public_key in SMALL_ORDER:
             return None
         with self.database.transaction() as cursor:
             cursor.execute(

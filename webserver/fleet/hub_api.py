@@ -12,6 +12,7 @@ from flask import Blueprint, current_app, g, request
 from ..audit import Decision, LogLimit, clean
 from ..logins import OUTCOMES
 from .database import DatabaseUnavailable
+from .host_limits import HostLimits
 from .hub import valid_login
 from .signing import HOST, STALE_DATE, SignatureRefused, check
 
@@ -21,6 +22,7 @@ limit = LogLimit()
 LONG_POLL_MAX = 25.0  # seconds a verdict long-poll may wait (the agent's read timeout is longer)
 MAX_IDS = 1024  # a host's broker has at most 512 logins waiting; 1024 ids fit in 64 KiB
 MAX_DECISIONS = 100
+limits = HostLimits()  # per replica: each process has its own
 
 
 def _hub():
@@ -58,12 +60,23 @@ def signed(view):
             )
         except SignatureRefused as error:
             return _refuse(host_name, str(error))
+        if not limits.requests.take(host.name):
+            return _busy(host.name, "requests")
         if not hub.hosts.first_use(host.name, nonce):
             return _refuse(host_name, "replayed request")
         g.host = host.name
         return view(*args, **kwargs)
 
     return checked
+
+
+def _busy(host: str, what: str):
+    """A host over one of its limits: 429, logged (rate-limited)."""
+    skipped = limit("busy")
+    if skipped is not None:
+        more = f" ({skipped} more not logged)" if skipped else ""
+        log.warning("host %s is over its limit of %s%s", host, what, more)
+    return _error(429, "busy")
 
 
 @bp.errorhandler(DatabaseUnavailable)
@@ -114,6 +127,8 @@ def verdicts():
     if not isinstance(wait, int | float) or isinstance(wait, bool):
         return _error(400, "wait must be a number of seconds")
     hub = _hub()
+    if not limits.long_polls.enter(g.host):  # each holds a thread: a host gets a few at most
+        return _busy(g.host, "long-polls at once")
     subscription = hub.listener.subscribe(g.host)
     try:
         decided, unknown = hub.logins.decided(g.host, ids)
@@ -123,6 +138,7 @@ def verdicts():
                 decided, unknown = hub.logins.decided(g.host, ids)
     finally:
         hub.listener.unsubscribe(g.host, subscription)
+        limits.long_polls.leave(g.host)
     return {"verdicts": decided, "unknown": unknown}
 
 
@@ -141,6 +157,8 @@ def audit():
     decisions = body.get("decisions")
     if not isinstance(decisions, list) or len(decisions) > MAX_DECISIONS:
         return _error(400, "decisions must be a list")
+    if not limits.audit_items.take(g.host, len(decisions)):
+        return _busy(g.host, "audit items")
     hub, recorded = _hub(), 0
     for item in decisions:
         decision = _decision(item)
@@ -159,6 +177,8 @@ def _decision(item) -> Decision | None:
     if not (
         isinstance(user, str)
         and isinstance(uid, int)
+        and not isinstance(uid, bool)
+        and 0 <= uid < 2**32
         and isinstance(client, str)
         and outcome in OUTCOMES | {"suppressed"}
         and isinstance(reason, str)

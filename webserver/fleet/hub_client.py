@@ -19,7 +19,8 @@ POOL_SIZE = 32  # keep-alive connections to each replica
 
 
 class HubUnavailable(Exception):
-    """No hub answered; `why` is "unreachable", "database", "refused" or "clock"."""
+    """No hub answered; `why` is "unreachable", "database", "refused", "clock", "busy", or
+    "rejected" (the hub will never accept this request)."""
 
     def __init__(self, why: str, detail: str):
         super().__init__(detail)
@@ -59,9 +60,10 @@ class HubClient:
     def _session(self) -> requests.Session:
         return self._pooled
 
-    def post(self, path: str, body: dict, timeout: float) -> dict:
+    def post(self, path: str, body: dict, timeout: float, attempt: float | None = None) -> dict:
         """The JSON answer of the first replica that answers with a 2xx; HubUnavailable if none
-        does (each replica tried once, starting from the one that last answered)."""
+        does (each replica tried once, starting from the one that last answered, each for
+        `attempt` seconds or its share of `timeout`)."""
         data = json.dumps(body, separators=(",", ":")).encode()
         deadline = time.monotonic() + timeout
         why, detail = "unreachable", "no hub URL"
@@ -71,6 +73,9 @@ class HubClient:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
+            # A replica that accepts and never answers gets its share, not the whole budget.
+            share = attempt or left / (len(self.urls) - offset)
+            share = min(share, left)
             url = self.urls[index]
             headers = {
                 "Content-Type": "application/json",
@@ -81,7 +86,7 @@ class HubClient:
                     url + path,
                     data=data,
                     headers=headers,
-                    timeout=(min(CONNECT_TIMEOUT, left), left),
+                    timeout=(min(CONNECT_TIMEOUT, share), share),
                     allow_redirects=False,
                 )
             except requests.RequestException as error:
@@ -102,8 +107,10 @@ class HubClient:
                 raise HubUnavailable(
                     "clock" if clock else "refused", f"{url}: the hub refused this host"
                 )
+            if response.status_code == 429:
+                raise HubUnavailable("busy", f"{url}: this host is over its limits")
             if response.status_code != 200:
-                raise HubUnavailable("unreachable", f"{url}: HTTP {response.status_code}")
+                raise HubUnavailable("rejected", f"{url}: HTTP {response.status_code}")
             try:
                 answer = response.json()
             except ValueError:

@@ -25,7 +25,7 @@ STEPS = {
             check_id text PRIMARY KEY,        -- the API's id; also the agent's name for the login
             host text NOT NULL REFERENCES hosts (name),
             user_name text NOT NULL,
-            uid integer NOT NULL,
+            uid bigint NOT NULL,
             address text NOT NULL,
             command text,
             whole_connection boolean NOT NULL DEFAULT false,
@@ -78,7 +78,7 @@ STEPS = {
             at timestamptz NOT NULL DEFAULT now(),
             host text,
             user_name text NOT NULL,
-            uid integer,
+            uid bigint,
             address text,
             check_id text,
             outcome text NOT NULL,

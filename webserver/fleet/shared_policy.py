@@ -81,13 +81,17 @@ class SharedBudget:
         where = place(address)
         per_place, per_user, per_user_minute = self.limits
         checks = [("user", per_place, RATE_WINDOW, "user_name = %(user)s AND place = %(place)s")]
-        if not trusted:
+        if not trusted:  # the owner's own place keeps its checks when others use up the user's
             checks += [
                 ("user", per_user, RATE_WINDOW, "user_name = %(user)s"),
                 ("user", per_user_minute, 60.0, "user_name = %(user)s"),
-                ("service", max(1, self.per_minute // HOST_SHARE), 60.0, "host = %(host)s"),
-                ("service", self.per_minute, 60.0, "true"),
             ]
+        # SECURITY: always, trusted or not: a host names its clients' addresses itself, so a
+        # host gone bad could name a trusted place; it still gets only its share of the fleet's.
+        checks += [
+            ("service", max(1, self.per_minute // HOST_SHARE), 60.0, "host = %(host)s"),
+            ("service", self.per_minute, 60.0, "true"),
+        ]
         values = {"user": user, "place": where, "host": host}
         with self.database.transaction() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", (BUDGET_LOCK,))
