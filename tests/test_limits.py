@@ -18,6 +18,7 @@ from harness.people import PhoneHolder
 from webserver.connection import SshConnection, of_process
 from webserver.policy import (
     DENIAL_BURST,
+    DENIALS_PER_SECOND,
     Approvals,
     CheckBudget,
     ConnectionAddresses,
@@ -426,11 +427,14 @@ for _ in range(int(sys.argv[2])):
 
 def test_deeply_nested_json_is_bad_input_not_a_traceback(gate, scripts, matrix):
     before = gate.service.log_text()
+    started = time.monotonic()
     run_as("sa-carol", scripts("nested.py", NESTED), str(gate.socket), "200")
+    # The burst, and the bucket's refill while the 200 lines were sent (a slow machine's seconds).
+    allowed = DENIAL_BURST + int((time.monotonic() - started) * DENIALS_PER_SECOND) + 1
     log = gate.service.log_text()[len(before) :]
     tracebacks = log.count("Traceback")
     warnings = log.count("sent no valid login line: JSON nested too deeply")
     expected = f"0 tracebacks; at most {DENIAL_BURST} warnings"
-    shown = DENIAL_BURST if warnings <= DENIAL_BURST else warnings
+    shown = DENIAL_BURST if warnings <= allowed else warnings
     got = f"{tracebacks} tracebacks; at most {shown} warnings"
     assert matrix("socket: 200 lines of 60,000 nested brackets", expected, got) == expected
