@@ -134,11 +134,12 @@ class VerdictPoller:
         with self._lock:
             for item in found:
                 check_id = item.get("id") if isinstance(item, dict) else None
-                waiter = self._waiters.get(check_id) if isinstance(check_id, str) else None
+                # Popped: the next long-poll no longer names a login that has its verdict.
+                waiter = self._waiters.pop(check_id, None) if isinstance(check_id, str) else None
                 if waiter:
                     waiter.deliver(hub_verdict(item) or deny(reasons.HUB_NO_ANSWER, "error"))
             for check_id in unknown:
-                waiter = self._waiters.get(check_id) if isinstance(check_id, str) else None
+                waiter = self._waiters.pop(check_id, None) if isinstance(check_id, str) else None
                 if waiter:  # the hub has no such login for this host
                     waiter.deliver(deny(reasons.HUB_NO_ANSWER, "error"))
 

@@ -65,7 +65,7 @@ class Hosts:
 
     def add(self, name: str) -> str:
         """Invite a host (or re-invite a revoked one); its one-time enrolment token."""
-        token = secrets.token_urlsafe(32)
+        token = secrets.token_hex(32)  # 256 bits; never starts with '-' (an option to argparse)
         with self.database.transaction() as cursor:
             cursor.execute(
                 "INSERT INTO hosts (name, enrol_token_hash, enrol_expires_at) VALUES "

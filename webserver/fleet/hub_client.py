@@ -15,7 +15,7 @@ from .signing import sign
 
 log = logging.getLogger("ssh-auth.agent")
 CONNECT_TIMEOUT = 2.0  # seconds to reach one replica before trying the next
-POOL_SIZE = 32  # keep-alive connections to each replica
+POOL_SIZE = 128  # keep-alive connections to each replica (logins created at once, per agent)
 
 
 class HubUnavailable(Exception):
