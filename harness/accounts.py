@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 from .processes import run
@@ -72,9 +73,12 @@ class Ledger:
         """(users, groups) that exist now but did not when the ledger was opened."""
         return sorted(_names("passwd") - self.users), sorted(_names("group") - self.groups)
 
-    def restore(self) -> tuple[list[str], list[str]]:
-        """Kill the added users' processes, remove them, their homes and the added groups."""
+    def restore(self, only: Collection[str] | None = None) -> tuple[list[str], list[str]]:
+        """Kill the added users' processes, remove them, their homes and the added groups; only
+        those named in `only` when given, so that a run beside another leaves the other's alone."""
         users, groups = self.added()
+        if only is not None:
+            users, groups = [u for u in users if u in only], [g for g in groups if g in only]
         for user in users:
             subprocess.run(["pkill", "-KILL", "-u", user], capture_output=True)
         for user in users:
@@ -82,7 +86,8 @@ class Ledger:
                 if subprocess.run(["userdel", "-r", user], capture_output=True).returncode != 8:
                     break
                 time.sleep(0.1)
-        for group in _names("group") - self.groups:
+        remaining = _names("group") - self.groups
+        for group in remaining if only is None else remaining & set(only):
             subprocess.run(["groupdel", group], capture_output=True)
         return users, groups
 

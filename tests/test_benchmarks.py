@@ -39,3 +39,22 @@ def test_quick_auth_time_benchmark_prints_the_table(pam_module):
         "| of which mapped from pam_ssh_auth.so and json-c (RSS) | < 5 MB |",
     ):
         assert row in result.stdout, result.stdout
+
+
+def test_quick_fleet_benchmark_prints_the_table():
+    result = subprocess.run(
+        [str(VENV_BIN / "python"), "-m", "benchmarks.fleet", "--quick"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:] + result.stdout[-2000:]
+    for row in (
+        "| logins waiting at once (hub's table), over 4 hosts | 20 | 20 |",
+        "| allowed (socket logins + whole logins through sshd) | all | 20/20 (16 + 4) |",
+        "| check created on the login's own host, for its user (hub's table) | all | 20/20 |",
+        "| hosts whose agent allowed exactly its own logins (agent logs) | all | 4/4 |",
+        "| approval POST answered → allow at the login, p99 | < 200 ms |",
+    ):
+        assert row in result.stdout, result.stdout
