@@ -167,8 +167,8 @@ def test_an_early_enter_keeps_waiting_for_the_phone(pam_gate):
 def test_a_password_cannot_replace_the_phone(deployments, pam_module, emulator, matrix):
     gate = deployments.get({"ttl": "10"}, kind=PamGate, sshd_options={"PasswordAuthentication": "yes"})
     secret = secrets.token_urlsafe(12)
-    hashed = subprocess.run(
-        ["openssl", "passwd", "-6", secret], capture_output=True, text=True, check=True
+    hashed = subprocess.run(  # on stdin: a secret starting with "-" is not an option
+        ["openssl", "passwd", "-6", "-stdin"], input=secret, capture_output=True, text=True, check=True
     ).stdout.strip()
     subprocess.run(["usermod", "-p", hashed, "sa-bob"], check=True)
     try:
