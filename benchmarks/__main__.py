@@ -113,7 +113,7 @@ def shim_startup(runs: int) -> dict:
         return statistics.median(times)
 
     importtime = subprocess.run(
-        ["/usr/bin/python3", "-I", "-X", "importtime", str(SHIM_BUILD), "--help"],
+        ["/usr/bin/python3", "-I", "-S", "-X", "importtime", str(SHIM_BUILD), "--help"],
         capture_output=True,
         text=True,
     ).stderr.splitlines()
@@ -125,8 +125,8 @@ def shim_startup(runs: int) -> dict:
     ]
     after_site = sum(selfs[names.index("site") + 1 :]) / 1e6 if "site" in names else float("nan")
     return {
-        "shim": wall(["/usr/bin/python3", "-I", str(SHIM_BUILD), "--help"]),
-        "python": wall(["/usr/bin/python3", "-I", "-c", "pass"]),
+        "shim": wall(["/usr/bin/python3", "-I", "-S", str(SHIM_BUILD), "--help"]),
+        "python": wall(["/usr/bin/python3", "-I", "-S", "-c", "pass"]),
         "imports": after_site,
     }
 
@@ -169,7 +169,7 @@ import json, os, subprocess, sys, time
 times = []
 for _ in range(int(sys.argv[3])):
     started = time.perf_counter()
-    shim = subprocess.Popen(["/usr/bin/python3", "-I", sys.argv[1], "create-check", "--socket",
+    shim = subprocess.Popen(["/usr/bin/python3", "-I", "-S", sys.argv[1], "create-check", "--socket",
         sys.argv[2]], env={**os.environ, "LANG": "C.UTF-8", "SSH_ORIGINAL_COMMAND": "true"},
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seen = b""
@@ -349,7 +349,7 @@ def report(results: dict, startup: dict, crowd: int) -> None:
         f"| {crowd} at once: service CPU for the whole run | | {a['cpu']:.1f} s | {b['cpu']:.1f} s | |"
     )
     print(
-        f"| shim start-up: wall, `/usr/bin/python3 -I shim.pyz --help` | < 100 ms | "
+        f"| shim start-up: wall, `/usr/bin/python3 -I -S shim.pyz --help` | < 100 ms | "
         f"{ms(startup['shim'])} (bare interpreter {ms(startup['python'])}; "
         f"shim imports {ms(startup['imports'])}) | | |"
     )

@@ -14,6 +14,7 @@ import time
 from harness.deployment import SHIM_BUILD
 
 SYSTEM_PYTHON = "/usr/bin/python3"
+SHIM_COMMAND = (SYSTEM_PYTHON, "-I", "-S")  # as sshd runs the shim (the drop-in's ForceCommand)
 
 
 def serve_once(path: str, messages: list[dict]) -> threading.Thread:
@@ -58,7 +59,7 @@ def test_the_whole_login_path_imports_only_the_standard_library_and_execs_the_pa
             "SHELL": "/bin/false",
         }
         result = subprocess.run(
-            [SYSTEM_PYTHON, "-I", "-X", "importtime", str(SHIM_BUILD), "create-check", "--socket", path],
+            [*SHIM_COMMAND, "-X", "importtime", str(SHIM_BUILD), "create-check", "--socket", path],
             capture_output=True,
             text=True,
             env=env,
@@ -67,8 +68,10 @@ def test_the_whole_login_path_imports_only_the_standard_library_and_execs_the_pa
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"exec-ok {os.path.basename(pwd.getpwuid(os.getuid()).pw_shell)}\n"
     order = re.findall(r"import time:\s+\d+ \|\s+\d+ \|\s*([\w.]+)", result.stderr)
-    # Start-up ends with `site` (the system's own .pth hooks run inside it); the rest is ours.
-    imported = set(order[order.index("site") + 1 :])
+    # -S: no `site`, so no .pth hook of the system's (e.g. setuptools' _distutils_hack) runs at
+    # a login: everything the interpreter imports is the standard library or the shim.
+    imported = set(order)
+    assert "site" not in imported
     assert {"sshshim.login", "sshshim.shell", "sshshim.terminal", "sshshim.protocol"} <= imported
     outside = {
         name
@@ -80,7 +83,7 @@ def test_the_whole_login_path_imports_only_the_standard_library_and_execs_the_pa
 
 def test_a_deny_exits_1_with_one_line_and_nothing_on_stdout():
     result = subprocess.run(
-        [SYSTEM_PYTHON, "-I", str(SHIM_BUILD), "create-check", "--socket", "/nonexistent/ssh-auth.sock"],
+        [*SHIM_COMMAND, str(SHIM_BUILD), "create-check", "--socket", "/nonexistent/ssh-auth.sock"],
         capture_output=True,
         text=True,
         timeout=30,

@@ -54,7 +54,7 @@ def test_install_writes_every_file_with_its_owner_and_mode(target):
         assert setting in unit
     sshd = Sshd(root)
     assert sshd.effective("192.0.2.1")["forcecommand"] == (
-        "/usr/bin/python3 -I /usr/local/lib/ssh-auth/shim.pyz create-check "
+        "/usr/bin/python3 -I -S /usr/local/lib/ssh-auth/shim.pyz create-check "
         "--socket /run/ssh-auth/ssh-auth.sock"
     )
     assert sshd.effective("192.0.2.1")["disableforwarding"] == "yes"
@@ -62,6 +62,7 @@ def test_install_writes_every_file_with_its_owner_and_mode(target):
         [
             "/usr/bin/python3",
             "-I",
+            "-S",
             str(root / "usr/local/lib/ssh-auth/shim.pyz"),
             "create-check",
             "--socket",
@@ -91,7 +92,7 @@ def test_dry_run_prints_the_diff_and_changes_nothing(target):
     before = snapshot(root)
     result = install(root, credentials, config, "--dry-run")
     assert result.returncode == 0
-    assert "+ForceCommand /usr/bin/python3 -I /usr/local/lib/ssh-auth/shim.pyz" in result.stdout
+    assert "+ForceCommand /usr/bin/python3 -I -S /usr/local/lib/ssh-auth/shim.pyz" in result.stdout
     assert "/usr/local/lib/ssh-auth/shim.pyz: would be written" in result.stdout
     assert snapshot(root) == before
 
@@ -230,7 +231,7 @@ def test_the_installed_drop_in_gates_logins_and_refuses_forwarding(target, tmp_p
         log = server.log()
     assert gated.stdout == "" and gated.returncode != 0
     assert (
-        "forced-command (config) '/usr/bin/python3 -I /usr/local/lib/ssh-auth/shim.pyz create-check"
+        "forced-command (config) '/usr/bin/python3 -I -S /usr/local/lib/ssh-auth/shim.pyz create-check"
     ) in log
     assert exempt.stdout == "ran\n"
     assert stdio.returncode != 0 and "stdio forwarding failed" in stdio.stderr

@@ -28,7 +28,7 @@ PLAIN = "user=nobody,host=client.example,addr=192.0.2.10"
 METHODS = "publickey,keyboard-interactive:pam"
 OUR_LINE = "auth required pam_ssh_auth.so socket=/run/ssh-auth/ssh-auth.sock timeout=150"
 FORCED = (
-    "/usr/bin/python3 -I /usr/local/lib/ssh-auth/shim.pyz create-check "
+    "/usr/bin/python3 -I -S /usr/local/lib/ssh-auth/shim.pyz create-check "
     "--socket /run/ssh-auth/ssh-auth.sock"
 )
 STACK = "etc/pam.d/sshd"

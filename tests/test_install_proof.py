@@ -23,7 +23,7 @@ from harness.server_root import (
 )
 
 FORCED = (
-    "/usr/bin/python3 -I /usr/local/lib/ssh-auth/shim.pyz create-check "
+    "/usr/bin/python3 -I -S /usr/local/lib/ssh-auth/shim.pyz create-check "
     "--socket /run/ssh-auth/ssh-auth.sock"
 )
 BYPASS_ADVICE = (
@@ -100,7 +100,7 @@ def test_without_an_include_logins_from_other_addresses_still_meet_allowusers(
     assert (not_listed.returncode, not_listed.stdout, not_listed.stderr) == (255, "", denied + "\n")
     assert "User sa-alice from 127.0.0.1 not allowed because not listed in AllowUsers" in log
     assert gated.stdout == "" and gated.returncode != 0
-    assert "forced-command (config) '/usr/bin/python3 -I /usr/local/lib/ssh-auth/shim.pyz" in log
+    assert "forced-command (config) '/usr/bin/python3 -I -S /usr/local/lib/ssh-auth/shim.pyz" in log
     assert (exempt.returncode, exempt.stdout) == (0, "ran\n")
 
 

@@ -44,7 +44,7 @@ def old_gate(old_gate_deployment, emulator):
 
 def test_the_login_user_runs_debian_11s_python_3_9_in_the_force_command(old_gate, old_python):
     dropin = (old_gate.root / "etc" / "ssh-auth-dropin.conf").read_text()
-    assert f"ForceCommand {old_python} -I {old_gate.shim} create-check" in dropin
+    assert f"ForceCommand {old_python} -I -S {old_gate.shim} create-check" in dropin
     probe = "import sys; print(sys.version_info[:2], sys.prefix)"
     result = subprocess.run(
         ["runuser", "-u", "sa-carol", "--", str(old_python), "-I", "-c", probe],

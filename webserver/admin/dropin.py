@@ -56,7 +56,7 @@ def _exempt_block(exempt_networks: tuple[str, ...], mode: str) -> str:
 
 def forced_command(socket: str = DEFAULT_SOCKET) -> str:
     """The ForceCommand the drop-in sets, as `sshd -T` reports it."""
-    return f"{SHIM_PYTHON} -I /{SHIM} create-check --socket {socket}"
+    return f"{SHIM_PYTHON} -I -S /{SHIM} create-check --socket {socket}"
 
 
 def split_at_match(text: str) -> tuple[str, str]:
