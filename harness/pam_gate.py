@@ -9,14 +9,13 @@ import os
 import re
 import secrets
 import shutil
-import threading
 from pathlib import Path
 
 from webserver.admin.dropin import render_pam_dropin
 from webserver.admin.pam_stack import render_pam_stack
 
 from .deployment import REPO, Gate, Session
-from .people import PhoneHolder
+from .people import PhoneHolder, Watcher
 from .tty import TtyClient
 
 PAM_BUILD = REPO / "build" / "pam_ssh_auth.so"
@@ -110,32 +109,16 @@ class PamGate(Gate):
         return client
 
 
-class PromptAnswerer:
+class PromptAnswerer(Watcher):
     """A person at the terminal with the right phone: for every prompt a client shows, scans its
     QR (the short URL), approves, then presses Enter (until stopped)."""
 
     def __init__(self, client: TtyClient, sim: str):
-        self.client, self.sim = client, sim
-        self.approved: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
+        def answer(url: str) -> None:
+            PhoneHolder(sim).approve(url)
+            client.press_enter()
 
-    def __enter__(self) -> "PromptAnswerer":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _watch(self) -> None:
-        while not self._stop.is_set():
-            for url in SHORT_URL.findall(self.client.screen_text()):
-                if url not in self.approved:
-                    self.approved.append(url)
-                    PhoneHolder(self.sim).approve(url)
-                    self.client.press_enter()
-            self._stop.wait(0.02)
+        super().__init__(client.screen_text, SHORT_URL, answer)
 
 
 def short_url(client: Session, timeout: float = 20.0) -> str:

@@ -1,6 +1,8 @@
 """People: someone holding a phone with one SIM, who scans a QR and answers the page."""
 
+import re
 import threading
+from collections.abc import Callable
 
 import requests
 
@@ -34,16 +36,16 @@ class PhoneHolder:
         return self.phone.answer(self.scan(url), "deny")
 
 
-class Approver:
-    """A person who approves, on the right phone, every check URL a client prints (until stopped)."""
+class Watcher:
+    """Acts once on each new match of `pattern` in what a client shows, until stopped."""
 
-    def __init__(self, session: Session, sim: str):
-        self.session, self.sim = session, sim
+    def __init__(self, text: Callable[[], str], pattern: re.Pattern, act: Callable[[str], None]):
+        self.text, self.pattern, self.act = text, pattern, act
         self.approved: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
-    def __enter__(self) -> "Approver":
+    def __enter__(self) -> "Watcher":
         self._thread.start()
         return self
 
@@ -53,8 +55,15 @@ class Approver:
 
     def _watch(self) -> None:
         while not self._stop.is_set():
-            for url in CHECK_URL.findall(self.session.text()):
+            for url in self.pattern.findall(self.text()):
                 if url not in self.approved:
                     self.approved.append(url)
-                    PhoneHolder(self.sim).approve(url)
+                    self.act(url)
             self._stop.wait(0.02)
+
+
+class Approver(Watcher):
+    """A person who approves, on the right phone, every check URL a client prints (until stopped)."""
+
+    def __init__(self, session: Session, sim: str):
+        super().__init__(session.text, CHECK_URL, lambda url: PhoneHolder(sim).approve(url))

@@ -282,6 +282,18 @@ def documented_nginx(directory: Path, port: int, upstream: int, cert: Path, key:
     return config
 
 
+def nginx_in_front(directory: Path, port: int, gate) -> ServerProcess:
+    """nginx with the documented configuration on `port`, in front of the gate's webhook."""
+    config = documented_nginx(
+        directory, port, gate.webhook_port, directory / "cert.pem", directory / "key.pem"
+    )
+    return ServerProcess(
+        [NGINX, "-p", f"{directory}/", "-c", str(config), "-g", "daemon off;"],
+        directory / "nginx.out",
+        ready=lambda _: requests.get(f"https://127.0.0.1:{port}/healthz", timeout=1).ok,
+    )
+
+
 @pytest.fixture
 def nginx_home():
     """A world-traversable directory of nginx's own (its workers run as www-data), then gone."""
@@ -311,13 +323,7 @@ def test_behind_the_documented_nginx_1000_slow_connections_do_not_delay_an_appro
     port = free_port()
     public_url = f"https://127.0.0.1:{port}"
     with Gate(emulator_server, settings={"public_url": public_url}, users={"sa-alice": SIM}) as gate:
-        config = documented_nginx(nginx_home, port, gate.webhook_port, cert, nginx_home / "key.pem")
-        nginx = ServerProcess(
-            [NGINX, "-p", f"{nginx_home}/", "-c", str(config), "-g", "daemon off;"],
-            nginx_home / "nginx.out",
-            ready=lambda _: requests.get(f"{public_url}/healthz", timeout=1).ok,
-        )
-        with nginx:
+        with nginx_in_front(nginx_home, port, gate):
             quiet = [approve_login(gate) for _ in range(3)]
             started = time.monotonic()
             with SlowClients(port, cert, SLOW_PER_KIND) as clients:
@@ -369,13 +375,7 @@ def test_behind_the_documented_nginx_a_short_url_works_and_is_never_logged(
     public_url = f"https://127.0.0.1:{port}"
     settings = {"public_url": public_url}
     with PamGate(emulator_server, settings=settings, users={"sa-alice": SIM}) as gate:
-        config = documented_nginx(nginx_home, port, gate.webhook_port, cert, nginx_home / "key.pem")
-        nginx = ServerProcess(
-            [NGINX, "-p", f"{nginx_home}/", "-c", str(config), "-g", "daemon off;"],
-            nginx_home / "nginx.out",
-            ready=lambda _: requests.get(f"{public_url}/healthz", timeout=1).ok,
-        )
-        with nginx:
+        with nginx_in_front(nginx_home, port, gate):
             client = gate.login("sa-alice", "echo through-nginx")
             url = short_url(client)
             assert url.startswith(f"{public_url}/q/")
