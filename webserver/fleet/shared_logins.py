@@ -90,21 +90,15 @@ class SharedLogins:
 
     def pending(self, check_id: str) -> Login | None:
         """The login for a check the hub created, if it is still waiting."""
-        with self.database.transaction() as cursor:
-            cursor.execute(
-                f"SELECT {LOGIN_COLUMNS} FROM logins WHERE check_id = %s AND state <> 'done'",
-                (check_id,),
-            )
-            row = cursor.fetchone()
-        return _login(row) if row else None
+        return self._one("check_id = %s AND state <> 'done'", check_id)
 
     def by_short_token(self, token: str) -> Login | None:
         """The waiting login whose short URL this is."""
+        return self._one("short_token = %s AND state = 'pending'", token)
+
+    def _one(self, condition: str, value: str) -> Login | None:
         with self.database.transaction() as cursor:
-            cursor.execute(
-                f"SELECT {LOGIN_COLUMNS} FROM logins WHERE short_token = %s AND state = 'pending'",
-                (token,),
-            )
+            cursor.execute(f"SELECT {LOGIN_COLUMNS} FROM logins WHERE {condition}", (value,))
             row = cursor.fetchone()
         return _login(row) if row else None
 
