@@ -1,6 +1,7 @@
 """The API client against the emulator as a real server: the whole PhoneCheck contract."""
 
 import json
+import socket
 import subprocess
 import threading
 import time
@@ -401,4 +402,27 @@ def test_a_refused_connection_counts_as_down(credentials):
     assert (str(failed.value), failed.value.down) == (
         "PhoneCheck API unreachable: connection refused",
         True,
+    )
+
+
+@pytest.mark.parametrize("within, down", [(8, True), (0.5, False)], ids=["whole connect", "cut short"])
+def test_a_connect_timeout_counts_as_down_only_with_the_whole_connect_timeout(credentials, within, down):
+    # A listener whose accept queue is full drops new SYNs: connects time out, the API "is down";
+    # but a connect cut short by the login's own deadline (a slow token before it) proves nothing.
+    with socket.create_server(("127.0.0.1", 0), backlog=0) as full:
+        port = full.getsockname()[1]
+        fillers = [socket.socket() for _ in range(4)]
+        for filler in fillers:
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+        client = PhoneCheckClient(credentials, f"http://127.0.0.1:{port}", timeout=(1.0, 1.5))
+        try:
+            with pytest.raises(ApiUnreachable) as failed:
+                client.create_check("447700900123", None, within=within)
+        finally:
+            for filler in fillers:
+                filler.close()
+    assert (str(failed.value), failed.value.down) == (
+        "PhoneCheck API did not accept a connection in time",
+        down,
     )

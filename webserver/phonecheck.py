@@ -218,17 +218,19 @@ class PhoneCheckClient:
             send_headers = dict(headers or {})
             if bearer:
                 send_headers["Authorization"] = f"Bearer {self.token(deadline)}"
+            timeout = self._timeout(deadline)
             try:
                 response = self._session.request(
                     method,
                     self.base_url + path,
                     headers=send_headers,
-                    timeout=self._timeout(deadline),
+                    timeout=timeout,
                     allow_redirects=False,
                     **kwargs,
                 )
             except requests.RequestException as exc:
-                error = _unreachable(exc)
+                # A connect cut short by this login's own deadline proves nothing about the API.
+                error = _unreachable(exc, whole_connect=timeout[0] >= self.timeout[0])
             else:
                 if response.status_code == 401 and bearer and not token_refreshed:
                     self.forget_token()  # revoked or expired early: one fresh token, then give up
@@ -249,12 +251,13 @@ def _worth_retrying(error: PhoneCheckError) -> bool:
     return error.status == 429 and (error.retry_after or 0) <= MAX_RETRY_AFTER_WAIT
 
 
-def _unreachable(exc: requests.RequestException) -> ApiUnreachable:
-    """Classify a failed request; only a refused connection, DNS or a connect timeout is "down"."""
+def _unreachable(exc: requests.RequestException, whole_connect: bool = True) -> ApiUnreachable:
+    """Classify a failed request; only a refused connection, DNS or a connect timeout is "down"
+    (a connect timeout only when the whole configured connect timeout was given)."""
     if isinstance(exc, requests.exceptions.SSLError):  # before ConnectionError: it is one
         return ApiUnreachable("PhoneCheck API unreachable: TLS certificate or handshake failed")
     if isinstance(exc, requests.ConnectTimeout):
-        return ApiUnreachable("PhoneCheck API did not accept a connection in time", down=True)
+        return ApiUnreachable("PhoneCheck API did not accept a connection in time", down=whole_connect)
     if isinstance(exc, requests.Timeout):
         return ApiUnreachable("PhoneCheck API did not answer in time")
     causes = _causes(exc)
