@@ -120,6 +120,10 @@ def test_registry_reloads_on_change_and_marks_malformed_entries(tmp_path):
     # A typo in bob's number must not make him "unregistered" (unregistered = allow lets in).
     assert registry.lookup("bob") == Registration(None, None, malformed=True)
     assert registry.lookup("carol") == Registration()
+    # Nor a line with no ':' at all: a space, a ';' or no number where the ':' should be.
+    for typo in ("user=carol 447700900123", "user = carol;447700900123", "user=carol"):
+        path.write_text(BASE + typo + "\n")
+        assert registry.lookup("carol") == Registration(None, None, malformed=True), typo
     path.write_text(BASE + "user=bob:447700900456\n")
     assert (registry.lookup("alice").phone, registry.lookup("bob")) == (
         None,

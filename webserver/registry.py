@@ -14,6 +14,7 @@ from .files import atomic_write, locked
 USERNAME = re.compile(r"[a-z_][a-z0-9_.-]{0,31}\$?", re.IGNORECASE)
 PHONE_PUNCTUATION = re.compile(r"[\s().-]")
 E164_DIGITS = re.compile(r"[1-9][0-9]{6,14}")
+CLAIMED_OWNER = re.compile(r"\s*user\s*=\s*([^\s:;,]+)")  # the name a `user=` line starts with
 log = logging.getLogger("ssh-auth.registry")
 
 
@@ -88,9 +89,10 @@ class Registry:
                 entry = parse_entry(line)
                 if entry is None:
                     log.warning("%s line %d: malformed registry entry", self.path, number)
-                    owner = line_owner(line, "user")
-                    if owner:
-                        malformed.add(owner)
+                    # SECURITY: whoever the line names is "malformed", never "unregistered"
+                    # (unregistered = allow would let them in), with or without its ':'.
+                    if owner := CLAIMED_OWNER.match(line):
+                        malformed.add(owner.group(1))
                     continue
                 phones[entry[0]] = entry[1]
         self._phones, self._malformed, self._allow_once = phones, malformed, allow_once
