@@ -144,6 +144,23 @@ def test_register_user_verify_runs_a_real_check_first(verify_gate, sim, status, 
     verify_gate.config.write_text(before)
 
 
+def test_register_user_verify_saves_nothing_when_failmode_safe_lets_logins_in(deployments, emulator):
+    # failmode = safe may let a login in while the API is down; it never verifies a phone.
+    gate = deployments.get({"failmode": "safe"})
+    before = gate.config.read_text()
+    emulator.fault("create", "status", status=503, count=10)
+    result = subprocess.run(
+        [str(VENV_BIN / "ssh-auth"), "register-user", "--verify", "--config", str(gate.config),
+         "sa-carol", "+44 7700 900132"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (result.returncode, gate.config.read_text()) == (1, before)
+    assert result.stderr.splitlines()[-1] == (
+        "ssh-auth: phone verification for sa-carol: the phone check service is unreachable; "
+        "nothing was verified. Not registered."
+    )
+
+
 # --- config set -------------------------------------------------------------------------------
 
 

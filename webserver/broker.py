@@ -276,8 +276,10 @@ class Broker:
             caller.uid, caller.gid, who, None, LOCAL, f"(register this phone for {who})", caller.request
         )
         check_id, verdict = self.gatekeeper.check(sock, shown, phone)
+        if verdict.outcome == "failsafe":  # a login may be let in so; a phone is never verified so
+            return check_id, deny(f"phone verification for {who}: {reasons.NOT_VERIFIED}", "error")
         reason = f"phone verification for {who}: {verdict.reason}"
-        return check_id, Verdict(verdict.allow, verdict.outcome, reason)
+        return check_id, Verdict(verdict.outcome == "allowed", verdict.outcome, reason)
 
     def _finish(self, sock, user, uid, address, check_id, started, verdict: Verdict) -> None:
         """Send the verdict and log the decision once."""

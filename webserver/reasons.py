@@ -6,6 +6,7 @@ ALLOW_ONCE = "an administrator exempted this account from the phone check until 
 UNREGISTERED_ALLOWED = "no phone is registered for this account; let in by policy."
 REUSED = "approved earlier on this SSH connection."
 FAILSAFE = "the phone check service is unreachable; let in by failmode = safe."
+NOT_VERIFIED = "the phone check service is unreachable; nothing was verified."
 NO_MATCH = "No match: the phone that answered is not using the registered SIM. Access denied."
 EXPIRED = "the phone check expired before it was completed. Access denied."
 DENIED_ON_PHONE = "the login was denied on the phone. Access denied."
