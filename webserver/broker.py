@@ -282,14 +282,14 @@ class Broker:
         return check_id, Verdict(verdict.outcome == "allowed", verdict.outcome, reason)
 
     def _finish(self, sock, user, uid, address, check_id, started, verdict: Verdict) -> None:
-        """Send the verdict and log the decision once."""
-        self._send_verdict(sock, verdict)
+        """Log the decision once, then send the verdict (nothing opens without its audit line)."""
         self.audit.record(
             Decision(
                 user, uid, address, check_id, verdict.outcome, verdict.reason, time.monotonic() - started
             ),
             central=verdict.central,
         )
+        self._send_verdict(sock, verdict)
 
     def _send_verdict(self, sock: socket.socket, verdict: Verdict) -> None:
         reason = verdict.reason if verdict.told else ""

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from .connection import SshConnection
 
 OUTCOMES = frozenset({"allowed", "denied", "exempt", "reused", "failsafe", "error"})
+# SECURITY: the only outcomes that may ever open a login (checked even under python -O).
+ALLOWING = frozenset({"allowed", "exempt", "reused", "failsafe"})
 
 
 @dataclass(frozen=True)
@@ -24,9 +26,8 @@ class Verdict:
     central: bool = False  # a fleet's hub decided it and has it in its audit table already
 
     def __post_init__(self):
-        assert self.outcome in OUTCOMES, self.outcome
-        # SECURITY: only these outcomes may ever open a login.
-        assert not self.allow or self.outcome in ("allowed", "exempt", "reused", "failsafe")
+        if self.outcome not in OUTCOMES or (self.allow and self.outcome not in ALLOWING):
+            raise ValueError(f"no such verdict: allow={self.allow} outcome={self.outcome!r}")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from sshshim.protocol import EVENT_STATUS
 from .. import reasons
 from ..audit import Audit, Decision, LogLimit
 from ..flow import CREATE_BUDGET, STATUS_EVERY, send
-from ..logins import OUTCOMES, Caller, Verdict, deny
+from ..logins import ALLOWING, OUTCOMES, Caller, Verdict, deny
 from .hub_client import HubClient, HubUnavailable
 
 log = logging.getLogger("ssh-auth.agent")
@@ -22,6 +22,7 @@ AGENT_GRACE = 5.0  # past the check's expiry, the hub's EXPIRED should have come
 LONG_POLL = 20.0  # seconds the hub may hold a verdict long-poll
 RETRY_AFTER = 0.5  # seconds between rounds of replicas when none answers
 MAX_TTL = 3600.0  # a hub's answer cannot keep a login waiting longer than this
+HUB_ALLOWING = ALLOWING - {"reused"}  # what a hub's verdict may open a login with
 UNAVAILABLE = {
     "unreachable": reasons.HUB_UNREACHABLE,
     "database": reasons.HUB_DATABASE_DOWN,
@@ -39,10 +40,8 @@ def hub_verdict(answer) -> Verdict | None:
     allow, outcome, reason = answer.get("allow"), answer.get("outcome"), answer.get("reason")
     if not (isinstance(allow, bool) and isinstance(outcome, str) and isinstance(reason, str)):
         return None
-    if outcome not in OUTCOMES:
-        return None
-    if allow and outcome not in ("allowed", "exempt", "failsafe"):
-        return None  # SECURITY: only these outcomes may open a login the hub decided
+    if outcome not in OUTCOMES or (allow and outcome not in HUB_ALLOWING):
+        return None  # SECURITY: reuse is this host's to decide, never the hub's
     return Verdict(allow, outcome, reason[:1024], central=True)
 
 
