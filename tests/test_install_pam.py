@@ -23,6 +23,7 @@ from harness.server_root import (
     ssh_auth,
     sshd_T,
 )
+from webserver.admin.proof import PAM_NEEDS, Context, Verdict
 
 PLAIN = "user=nobody,host=client.example,addr=192.0.2.10"
 METHODS = "publickey,keyboard-interactive:pam"
@@ -410,6 +411,28 @@ def test_a_login_that_would_skip_the_phone_refuses_the_install_and_rolls_back(
     assert (result.returncode, result.stderr) == (1, expected)
     assert "restored every file to what it was before" in result.stdout
     assert accounts_aside(root, snapshot(root)) == accounts_aside(root, before)
+
+
+# OpenSSH 9.8+ takes PAMServiceName in a Match block, and `sshd -T -C` reports it; the 9.2 these
+# tests run cannot, so the verdict is given sshd's answer as 9.8 would report it.
+PAM_SERVICES = [
+    ("no PAMServiceName (before OpenSSH 9.8)", {}, None),
+    ("PAMServiceName sshd", {"pamservicename": "sshd"}, None),
+    (
+        "PAMServiceName sshd-legacy",
+        {"pamservicename": "sshd-legacy"},
+        "refusing to install: Match User sa-legacy (/etc/ssh/sshd_config line 6) would bypass the "
+        "phone check: PAMServiceName is sshd-legacy" + BYPASS_ADVICE.rstrip("\n"),
+    ),
+]
+
+
+@pytest.mark.parametrize("case, reported, refusal", PAM_SERVICES, ids=[row[0] for row in PAM_SERVICES])
+def test_a_match_naming_another_pam_service_bypasses_the_phone_check(case, reported, refusal):
+    context = Context("Match User sa-legacy (/etc/ssh/sshd_config line 6)", user="sa-legacy")
+    effective = {**PAM_NEEDS, "logingracetime": "180", **reported}
+    verdict = Verdict.judge_pam(context, dict(effective), effective, exempt_network=None)
+    assert verdict.refusal() == refusal
 
 
 def test_the_admins_own_auth_lines_in_the_stack_are_commented_out_not_refused(pam_target):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..errors import InstallError
 from .layout import DROPIN, OUR_BLOCKS, SSHD_CONFIG
+from .pam_service import SERVICE
 from .pam_stack import GRACE_MARGIN, login_grace_time
 
 INCLUDE_LINE = re.compile(r"(?i)^(\s*)include(?:\s*=\s*|\s+)(.*?)\s*$")
@@ -263,12 +264,16 @@ class Verdict:
         if exempt_network:
             gated = context.kind == "exempt" and ours.get("authenticationmethods") == PAM_METHODS
             return cls(context, ours, exempt_network, (), changes, gated)
-        bypasses = tuple(
+        bypasses = [
             f"{PAM_KEYWORDS[key]} is {ours.get(key, '(unset)')}"
             for key, wanted in PAM_NEEDS.items()
             if ours.get(key) != wanted
-        )
-        return cls(context, ours, None, bypasses, changes)
+        ]
+        # A Match may name another PAM stack (OpenSSH 9.8+): one auth-time mode never edited.
+        service = ours.get("pamservicename", SERVICE)  # sshd -T before 9.8 has no such key
+        if service != SERVICE:
+            bypasses.append(f"PAMServiceName is {service}")
+        return cls(context, ours, None, tuple(bypasses), changes)
 
     def refusal(self) -> str | None:
         """Install's one line when this login is not as it must be, else None."""
