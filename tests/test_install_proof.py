@@ -237,6 +237,40 @@ def test_allow_forwarding_accepts_forwarding_in_a_match_block_and_nothing_else(t
     assert allowed.returncode == 0, allowed.stderr
 
 
+SINCE = [
+    ("forcecommand", "Match User sa-x\n    PermitTunnel yes\n", "PermitTunnel is yes"),
+    (
+        "pam",
+        "Match User sa-x\n    AuthenticationMethods publickey\n",
+        "AuthenticationMethods is publickey",
+    ),
+]
+
+
+@pytest.mark.parametrize("mode, block, bypass", SINCE, ids=[row[0] for row in SINCE])
+def test_a_bypassing_match_block_added_since_refuses_an_install_with_nothing_to_change(
+    target, matrix, mode, block, bypass
+):
+    root, credentials, config = target
+    first = install(root, credentials, config, "--mode", mode, "--force")
+    assert first.returncode == 0, first.stderr
+    append(root / "etc/ssh/sshd_config", block)
+    before = snapshot(root)
+    again = install(root, credentials, config, "--mode", mode, "--force")
+    expected = (
+        "ssh-auth: refusing to install: Match User sa-x (/etc/ssh/sshd_config line 6) would bypass "
+        f"the phone check: {bypass}" + BYPASS_ADVICE
+    )
+    matrix(
+        f"install --mode {mode} again over a Match block added since",
+        expected.strip(),
+        again.stderr.strip(),
+    )
+    assert (again.returncode, again.stderr) == (1, expected)
+    assert "already installed" not in again.stdout
+    assert snapshot(root) == before
+
+
 # --- exempt networks that take in the server itself (review 3) ---------------------------------
 
 OWN = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()[0]

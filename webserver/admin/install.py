@@ -218,7 +218,8 @@ class Installer(ServerRoot):
         changes = self.plan(options)
         self._refuse_lockout(changes, options)
         todo = [c for c in changes if not self._is_right(c)]
-        if not todo:
+        if not todo:  # proven again: a Match block added since may bypass what is installed
+            self._validate(changes, options)
             self.say("ssh-auth is already installed as asked: nothing to change.")
             return False
         if options.dry_run:
