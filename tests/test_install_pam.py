@@ -445,6 +445,20 @@ def test_the_admins_own_auth_lines_in_the_stack_are_commented_out_not_refused(pa
     assert "#ssh-auth# auth sufficient pam_permit.so\n" in stack
 
 
+def test_an_include_of_common_auth_with_a_comment_is_replaced_and_proven(pam_target):
+    root, credentials, config = pam_target
+    stack = (root / STACK).read_text()
+    assert "\n@include common-auth\n" in stack
+    (root / STACK).write_text(
+        stack.replace("\n@include common-auth\n", "\n@include common-auth # debian\n")
+    )
+    result = install(root, credentials, config, "--mode", "pam")
+    assert result.returncode == 0, result.stderr
+    stack = (root / STACK).read_text()
+    assert active_auth_lines(stack) == [OUR_LINE]
+    assert "\n#ssh-auth# @include common-auth # debian\n" in stack
+
+
 CLI_ERRORS = [
     (
         ("--mode", "password"),

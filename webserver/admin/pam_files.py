@@ -3,7 +3,6 @@ and checked before it goes where sshd loads it as root), and which auth lines ss
 really runs once its `@include`s are followed."""
 
 import io
-import re
 import struct
 import sysconfig
 import tempfile
@@ -15,7 +14,7 @@ from elftools.elf.elffile import ELFFile
 from ..errors import InstallError
 from .layout import PAM, PAM_DIR, PAM_MODULE_DIRS, PAM_STACK, VENDOR_PAM_DIR
 from .pam_module import build
-from .pam_stack import MODULE, OUR_LINE, render_pam_stack
+from .pam_stack import MODULE, OUR_LINE, libpam_words, render_pam_stack
 from .root import Change, FileState, ServerRoot
 from .sshd import Sshd
 from .system import read
@@ -164,7 +163,7 @@ def stack_problem(root: Path, text: str, name: str = f"/{PAM_STACK}", depth: int
     """Where libpam would read a stack file, or a file it includes, otherwise than the functions
     below do, or fail every login on it (None: nowhere)."""
     for number, line in enumerate(text.split("\n"), 1):
-        words = _words(line)
+        words = libpam_words(line)
         problem = _line_problem(line, words)
         if problem:
             return f"{name} line {number} {problem}"
@@ -199,7 +198,7 @@ def _line_problem(line: str, words: list[str]) -> str | None:
 def stack_lines(text: str) -> list[str]:
     """A PAM file's lines as libpam reads them (once stack_problem finds nothing in it): comments
     stripped, words split at spaces and tabs only."""
-    return [" ".join(words) for words in map(_words, text.split("\n")) if words]
+    return [" ".join(words) for words in map(libpam_words, text.split("\n")) if words]
 
 
 def auth_lines(root: Path, text: str, depth: int = 0) -> list[str]:
@@ -240,11 +239,6 @@ def our_module(text: str) -> str | None:
     """The module our line in a stack names (its name in the module directory, or a path)."""
     line = next((line for line in stack_lines(text) if OUR_LINE.match(line)), None)
     return line.split()[2] if line else None
-
-
-def _words(line: str) -> list[str]:
-    """A line's words as libpam splits them: up to the first '#', at spaces and tabs."""
-    return [word for word in re.split(r"[ \t]+", line.split("#", 1)[0]) if word]
 
 
 def _included(words: list[str]) -> tuple[str, list[str]] | None:

@@ -7,7 +7,6 @@ MODULE = "pam_ssh_auth.so"
 TIMEOUT_MARGIN = 30  # the module waits this long past the check's ttl for the verdict
 GRACE_MARGIN = 60  # sshd's LoginGraceTime: the ttl, the module's margin, and time to type
 MARK = "#ssh-auth# "  # the admin's auth lines, kept as comments to show what was replaced
-AUTH_LINE = re.compile(r"(?i)^\s*(-?auth\s|@include\s+common-auth\s*$)")
 OUR_LINE = re.compile(r"(?m)^auth\s+required\s+\S*pam_ssh_auth\.so\b")
 HEADER = (
     "# ssh-auth, auth-time mode: the phone check is the whole auth stack (written by\n"
@@ -35,14 +34,13 @@ def auth_line(module: str, socket: str, ttl: int) -> str:
 
 def render_pam_stack(original: str, module: str, socket: str, ttl: int) -> str:
     """The stack with its auth lines commented out and ours where the first of them was."""
-    lines = original.splitlines(keepends=True)
     out, placed = [], False
-    for line in lines:
+    for line in re.findall(r"[^\n]*\n|[^\n]+\Z", original):  # libpam's lines: only \n ends one
         if line in HEADER.splitlines(keepends=True) or OUR_LINE.match(line):
             continue  # an earlier install's lines: written again below
         if line.startswith(MARK):
             line = line[len(MARK) :]  # an admin's line an earlier install commented out
-        if AUTH_LINE.match(line):
+        if _replaced(libpam_words(line.rstrip("\n"))):
             if not placed:
                 out += [HEADER, auth_line(module, socket, ttl)]
                 placed = True
@@ -54,8 +52,13 @@ def render_pam_stack(original: str, module: str, socket: str, ttl: int) -> str:
     return "".join(out)
 
 
-def has_other_auth(stack: str) -> list[str]:
-    """The auth lines other than ours still active in a stack (none, in auth-time mode)."""
-    return [
-        line.strip() for line in stack.splitlines() if AUTH_LINE.match(line) and not OUR_LINE.match(line)
-    ]
+def libpam_words(line: str) -> list[str]:
+    """A line's words as libpam splits them: up to the first '#', at spaces and tabs."""
+    return [word for word in re.split(r"[ \t]+", line.split("#", 1)[0]) if word]
+
+
+def _replaced(words: list[str]) -> bool:
+    """An auth line, or Debian's `@include common-auth`: what our line stands in for."""
+    if words and words[0].lower() == "@include":
+        return words[1:2] == ["common-auth"]
+    return bool(words) and words[0].lstrip("-").lower() == "auth"
