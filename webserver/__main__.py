@@ -9,39 +9,10 @@ import signal
 import sys
 import threading
 
-from .config import DEFAULT_CONFIG, ConfigError, Settings, load_credentials
+from .config import DEFAULT_CONFIG, Settings
 from .errors import ExitCode, SshAuthError
 from .tunnel import open_tunnel
-
-
-def build(settings: Settings, flow_class=None):
-    """Every part of the service, wired from one Settings object (flow_class: how checks run)."""
-    from .app import create_app
-    from .audit import Audit
-    from .broker import Broker
-    from .flow import CheckFlow
-    from .gatekeeper import LocalGatekeeper
-    from .logins import PendingLogins
-    from .phonecheck import PhoneCheckClient, base_url_for
-    from .registry import Registry
-    from .signature import JwksCache, RedirectVerifier
-
-    credentials = load_credentials(settings.credentials)
-    residency = settings.data_residency or credentials.data_residency or "eu"
-    try:
-        base_url = settings.api_base_url or base_url_for(residency)
-    except ValueError as error:
-        raise ConfigError(f"{settings.credentials}: data_residency {error}") from None
-    client = PhoneCheckClient(credentials, base_url)
-    audit = Audit(settings.audit_log)
-    audit.check()
-    logins = PendingLogins()
-    registry = Registry(settings.config_path)
-    flow = (flow_class or CheckFlow)(settings, client, logins)
-    broker = Broker(settings, audit, LocalGatekeeper(settings, registry, flow))
-    verifier = RedirectVerifier(JwksCache(client.jwks), settings.webhook_url)
-    return broker, create_app(settings, logins, client, verifier)
-
+from .wiring import build
 
 # The webhook's waitress limits, chosen rather than inherited (waitress's defaults: 100
 # connections, a silent connection dropped after 120 s, looked for every 30 s, and select(),

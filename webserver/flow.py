@@ -21,7 +21,7 @@ from sshshim.protocol import (
 from . import pam_login, qr, reasons
 from .audit import clean
 from .config import Settings
-from .logins import Caller, Login, PendingLogins, Verdict, deny, new_nonce
+from .logins import Caller, Login, PendingLogins, Verdict, deny, new_token
 from .phonecheck import ApiUnreachable, PhoneCheckClient, PhoneCheckError
 
 log = logging.getLogger("ssh-auth.flow")
@@ -61,7 +61,7 @@ class CheckFlow:
         or (None, the verdict that it could not start)."""
         # SECURITY: the redirect must echo this login's own nonce: a signature the API made for
         # another customer's check (whose redirect_url they chose) can never match it.
-        nonce = new_nonce()
+        nonce = new_token()
         redirect_url = f"{self.settings.webhook_url}?login={nonce}"
         try:
             check = self.client.create_check(phone, redirect_url, within=CREATE_BUDGET)
@@ -178,19 +178,28 @@ class CheckFlow:
                     return login.verdict
 
     def poll(self, login: Login) -> None:
-        """The fallback GET: expiry, network errors, or a completion this service did not make."""
-        try:
-            check = self.client.get_check(login.check_id)
-        except PhoneCheckError as error:
-            log.warning("fallback GET of %s failed: %s", login.check_id, error)
-            return
-        if check.status == "EXPIRED":
-            self.logins.finish(login.check_id, deny(reasons.EXPIRED))
-        elif check.status == "ERROR":
-            log.info("check %s: network error %s", login.check_id, clean(check.error_code)[:64])
-            self.logins.finish(login.check_id, deny(reasons.network_error(check.error_code)))
-        elif check.status == "COMPLETED" and not login.claimed:
-            self.logins.finish(login.check_id, deny(reasons.COMPLETED_ELSEWHERE))
+        """The fallback GET, for a login whose redirect has not come."""
+        verdict = fallback_verdict(self.client, login.check_id, login.claimed)
+        if verdict:
+            self.logins.finish(login.check_id, verdict)
+
+
+def fallback_verdict(client: PhoneCheckClient, check_id: str, claimed: bool) -> Verdict | None:
+    """What the API's own state decides: expiry, a network error, or a completion this service
+    did not make (None: nothing yet, or the GET failed)."""
+    try:
+        check = client.get_check(check_id)
+    except PhoneCheckError as error:
+        log.warning("fallback GET of %s failed: %s", check_id, error)
+        return None
+    if check.status == "EXPIRED":
+        return deny(reasons.EXPIRED)
+    if check.status == "ERROR":
+        log.info("check %s: network error %s", check_id, clean(check.error_code)[:64])
+        return deny(reasons.network_error(check.error_code))
+    if check.status == "COMPLETED" and not claimed:
+        return deny(reasons.COMPLETED_ELSEWHERE)
+    return None
 
 
 def send(sock: socket.socket, message: dict) -> None:

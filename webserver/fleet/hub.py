@@ -1,20 +1,19 @@
 """The hub's side of a fleet login: the policy and the check for a host's login, the central
 audit of what it decides, and the sweep that expires logins and polls the API as a fallback."""
 
-import ipaddress
 import logging
 import threading
 import time
 
 from sshshim.protocol import OP_LOGIN, OP_PAM_LOGIN
 
-from .. import reasons
-from ..audit import Audit, Decision, LogLimit, clean
+from .. import pam_login, reasons
+from ..audit import Audit, Decision, LogLimit
 from ..config import Settings
-from ..flow import FIRST_POLL_DELAY, CheckFlow
+from ..flow import FIRST_POLL_DELAY, CheckFlow, fallback_verdict
 from ..gatekeeper import check_refusal, policy
 from ..logins import Caller, Verdict, deny
-from ..phonecheck import PhoneCheckClient, PhoneCheckError
+from ..phonecheck import PhoneCheckClient
 from ..registry import USERNAME
 from .central_audit import record
 from .database import Database, DatabaseUnavailable
@@ -59,20 +58,24 @@ def valid_login(request: dict) -> bool:
 
 
 def _address(value) -> bool:
-    if not isinstance(value, str) or len(value) > 255:
-        return False
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return value == "local" or (value.replace(".", "").replace("-", "").isalnum())
-    return True
+    """ "local", or a client address as the broker gives it (an IP, or a DNS name with UseDNS)."""
+    return isinstance(value, str) and (value == "local" or pam_login.client_address(value) == value)
 
 
 class Hub:
     """Decides logins for the fleet's hosts; every replica runs one, all sharing the database."""
 
-    def __init__(self, settings: Settings, database: Database, client: PhoneCheckClient, audit: Audit):
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database,
+        client: PhoneCheckClient,
+        audit: Audit,
+        listener=None,
+    ):
+        """listener: the replica's VerdictListener (None where nothing long-polls: the CLI)."""
         self.settings, self.database, self.client, self.audit = settings, database, client, audit
+        self.listener = listener
         self.hosts = Hosts(database)
         self.logins = SharedLogins(database, FIRST_POLL_DELAY, audit)
         self.registry = SharedRegistry(database)
@@ -136,11 +139,14 @@ class Hub:
         )
         return {"verdict": _verdict(verdict)}
 
-    def record(self, host: str, decision: Decision) -> None:
-        """A decision made without a waiting login: into the central audit, and the log."""
+    def record(self, host: str, *decisions: Decision) -> None:
+        """Decisions made without a waiting login: into the central audit (one transaction), and
+        the log."""
         with self.database.transaction() as cursor:
-            record(cursor, host, decision)
-        self.audit.record(decision)
+            for decision in decisions:
+                record(cursor, host, decision)
+        for decision in decisions:
+            self.audit.record(decision)
 
     def health(self) -> str | None:
         """What keeps this replica from deciding logins now (None: nothing)."""
@@ -195,19 +201,10 @@ class Hub:
             self.poll(check_id, claimed)
 
     def poll(self, check_id: str, claimed: bool) -> None:
-        """The fallback GET: expiry, network errors, or a completion no replica made."""
-        try:
-            check = self.client.get_check(check_id)
-        except PhoneCheckError as error:
-            log.warning("fallback GET of %s failed: %s", check_id, error)
-            return
-        if check.status == "EXPIRED":
-            self.logins.finish(check_id, deny(reasons.EXPIRED))
-        elif check.status == "ERROR":
-            log.info("check %s: network error %s", check_id, clean(check.error_code)[:64])
-            self.logins.finish(check_id, deny(reasons.network_error(check.error_code)))
-        elif check.status == "COMPLETED" and not claimed:
-            self.logins.finish(check_id, deny(reasons.COMPLETED_ELSEWHERE))
+        """The fallback GET of a login this replica holds the lease for."""
+        verdict = fallback_verdict(self.client, check_id, claimed)
+        if verdict:
+            self.logins.finish(check_id, verdict)
 
     def prune(self) -> None:
         """Forget what no decision needs any more: nonces, counters, places, finished logins."""

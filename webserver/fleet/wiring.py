@@ -4,7 +4,7 @@ host's agent (the broker, asking the hub)."""
 import logging
 import os
 
-from ..config import ConfigError, Settings, load_credentials
+from ..config import ConfigError, Settings
 
 log = logging.getLogger("ssh-auth")
 HUB_POOL = 40  # database connections per replica (requests, long-poll reads, the sweep)
@@ -35,9 +35,7 @@ class Parts:
 def build_hub(settings: Settings):
     """(the hub's Flask app, its parts): the webhook on the shared logins, and /fleet/v1."""
     from ..app import create_app
-    from ..audit import Audit
-    from ..phonecheck import PhoneCheckClient, base_url_for
-    from ..signature import JwksCache, RedirectVerifier
+    from ..wiring import phone_side
     from .database import Database, DatabaseUnavailable
     from .hub import Hub
     from .hub_api import bp
@@ -48,16 +46,10 @@ def build_hub(settings: Settings):
             f"{settings.config_path} holds database_url (a password) and every user can read "
             f"it: chmod o-rwx {settings.config_path}"
         )
-    credentials = load_credentials(settings.credentials)
-    residency = settings.data_residency or credentials.data_residency or "eu"
-    client = PhoneCheckClient(credentials, settings.api_base_url or base_url_for(residency))
-    audit = Audit(settings.audit_log)
-    audit.check()
+    client, audit, verifier = phone_side(settings)
     database = Database(settings.database_url, max_size=HUB_POOL)
     _check_schema(database)
-    hub = Hub(settings, database, client, audit)
-    hub.listener = VerdictListener(database)
-    verifier = RedirectVerifier(JwksCache(client.jwks), settings.webhook_url)
+    hub = Hub(settings, database, client, audit, VerdictListener(database))
     app = create_app(settings, hub.logins, client, verifier)
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024  # a verdict long-poll names up to 1024 logins
     app.extensions["ssh-auth-hub"] = hub
