@@ -241,7 +241,7 @@ def test_stores_forget_what_has_ended(ended_connection):
             len(w._events)
             for w in (budget._per_place, budget._per_uid, budget._per_uid_minute, budget._service)
         ),
-        len(denials._tokens),
+        len(denials._lines._tokens),
         len(approvals._until),
         len(addresses._address),
     )

@@ -155,6 +155,39 @@ class TrustedPlaces:
                 del self._until[key]
 
 
+class TokenBuckets:
+    """A token bucket per key: `burst` at once, refilled at `rate` a second."""
+
+    def __init__(self, burst: int, rate: float, clock: Callable[[], float] = time.monotonic):
+        self.burst, self.rate, self.clock = burst, rate, clock
+        self._lock = threading.Lock()
+        self._tokens: dict[Hashable, tuple[float, float]] = {}  # key -> (tokens, when)
+
+    def take(self, key: Hashable, count: int = 1) -> bool:
+        """Take `count` tokens for the key; False (nothing taken) if it has not that many."""
+        now = self.clock()
+        with self._lock:
+            tokens, when = self._tokens.get(key, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - when) * self.rate)
+            if tokens < count:
+                self._tokens[key] = (tokens, now)
+                return False
+            self._tokens[key] = (tokens - count, now)
+            return True
+
+    def prune(self) -> None:
+        """Forget buckets that are full again."""
+        now = self.clock()
+        with self._lock:
+            full = [
+                key
+                for key, (tokens, when) in self._tokens.items()
+                if tokens + (now - when) * self.rate >= self.burst
+            ]
+            for key in full:
+                del self._tokens[key]
+
+
 class Denials:
     """Denials made without a phone check, per (uid, address): a burst, then a steady rate, get a
     log line each; the rest are counted, and summarised once a minute.
@@ -166,22 +199,18 @@ class Denials:
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
         self._lock = threading.Lock()
-        self._tokens: dict[Hashable, tuple[float, float]] = {}  # key -> (tokens, when)
+        self._lines = TokenBuckets(DENIAL_BURST, DENIALS_PER_SECOND, clock)
         self._refused: dict[Hashable, tuple[int, float]] = {}  # key -> (count, since)
 
     def loggable(self, key: Hashable) -> bool:
         """Whether this denial gets its own line; False (and counted) when the key is flooding."""
+        if self._lines.take(key):
+            return True
         now = self.clock()
         with self._lock:
-            tokens, when = self._tokens.get(key, (DENIAL_BURST, now))
-            tokens = min(DENIAL_BURST, tokens + (now - when) * DENIALS_PER_SECOND)
-            if tokens >= 1:
-                self._tokens[key] = (tokens - 1, now)
-                return True
-            self._tokens[key] = (tokens, now)
             count, since = self._refused.get(key, (0, now))
             self._refused[key] = (count + 1, since)
-            return False
+        return False
 
     def summaries(self, final: bool = False) -> list[tuple[Hashable, int, float]]:
         """(key, denials not logged, over how many seconds) for each key due a summary line."""
@@ -198,15 +227,7 @@ class Denials:
 
     def prune(self) -> None:
         """Forget buckets that are full again."""
-        now = self.clock()
-        with self._lock:
-            full = [
-                key
-                for key, (tokens, when) in self._tokens.items()
-                if tokens + (now - when) * DENIALS_PER_SECOND >= DENIAL_BURST
-            ]
-            for key in full:
-                del self._tokens[key]
+        self._lines.prune()
 
 
 class Approvals:

@@ -9,7 +9,7 @@ import time
 
 from flask import Blueprint, current_app, g, request
 
-from ..audit import Decision, LogLimit, clean
+from ..audit import SUPPRESSED, Decision, LogLimit, clean
 from ..logins import OUTCOMES
 from .database import DatabaseUnavailable
 from .host_limits import HostLimits
@@ -126,8 +126,8 @@ def verdicts():
         return _error(400, "ids must be a list of login ids")
     if not isinstance(wait, int | float) or isinstance(wait, bool):
         return _error(400, "wait must be a number of seconds")
-    hub = _hub()
-    if not limits.long_polls.enter(g.host):  # each holds a thread: a host gets a few at most
+    hub, held = _hub(), {"long_polls": g.host}
+    if not limits.long_polls.admit(held):  # each holds a thread: a host gets a few at most
         return _busy(g.host, "long-polls at once")
     subscription = hub.listener.subscribe(g.host)
     try:
@@ -138,7 +138,7 @@ def verdicts():
                 decided, unknown = hub.logins.decided(g.host, ids)
     finally:
         hub.listener.unsubscribe(g.host, subscription)
-        limits.long_polls.leave(g.host)
+        limits.long_polls.release(held)
     return {"verdicts": decided, "unknown": unknown}
 
 
@@ -159,14 +159,11 @@ def audit():
         return _error(400, "decisions must be a list")
     if not limits.audit_items.take(g.host, len(decisions)):
         return _busy(g.host, "audit items")
-    hub, recorded = _hub(), 0
-    for item in decisions:
-        decision = _decision(item)
-        if decision is None:
-            return _error(400, "malformed decision")
-        hub.record(g.host, decision)
-        recorded += 1
-    return {"recorded": recorded}
+    parsed = [_decision(item) for item in decisions]
+    if None in parsed:
+        return _error(400, "malformed decision")
+    _hub().record(g.host, *parsed)
+    return {"recorded": len(parsed)}
 
 
 def _decision(item) -> Decision | None:
@@ -180,7 +177,7 @@ def _decision(item) -> Decision | None:
         and not isinstance(uid, bool)
         and 0 <= uid < 2**32
         and isinstance(client, str)
-        and outcome in OUTCOMES | {"suppressed"}
+        and outcome in OUTCOMES | {SUPPRESSED}
         and isinstance(reason, str)
         and isinstance(duration, int | float)
     ):

@@ -48,7 +48,7 @@ STEPS = {
             next_poll_at timestamptz,
             poll_lease_until timestamptz
         );
-        CREATE INDEX logins_waiting ON logins (next_poll_at) WHERE state = 'pending';
+        CREATE INDEX logins_waiting ON logins (next_poll_at) WHERE state <> 'done';
         CREATE INDEX logins_open ON logins (expires_at) WHERE state <> 'done';
         CREATE INDEX logins_host ON logins (host, state);
         CREATE INDEX logins_decided ON logins (decided_at) WHERE state = 'done';

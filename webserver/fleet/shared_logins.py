@@ -11,14 +11,13 @@ import logging
 
 from ..audit import Decision
 from ..logins import Login, Verdict, device_hash
-from ..policy import place
 from .central_audit import record
 from .database import Database
+from .shared_policy import remember_place
 
 log = logging.getLogger("ssh-auth.hub")
 CHANNEL = "ssh_auth_verdicts"  # lower case: an unquoted LISTEN name is folded to lower case
 CLAIM_GRACE = 30  # seconds a claimed login may outlive its deadline while its PATCH finishes
-TRUST_DAYS = 30  # as policy.TRUST_SECONDS: a place the phone approved is trusted this long
 LOGIN_COLUMNS = (
     "check_id, host, user_name, address, command, number, choices, nonce, check_url, key, "
     "whole_connection, short_token, page_token, device, code, state"
@@ -153,12 +152,7 @@ class SharedLogins:
             decision = Decision(user, uid, address, check_id, verdict.outcome, verdict.reason, seconds)
             record(cursor, host, decision)
             if verdict.outcome == "allowed":
-                cursor.execute(
-                    "INSERT INTO trusted_places (user_name, place, until) VALUES "
-                    "(%s, %s, now() + make_interval(days => %s)) ON CONFLICT (user_name, place) "
-                    "DO UPDATE SET until = excluded.until",
-                    (user, place(address), TRUST_DAYS),
-                )
+                remember_place(cursor, user, address)
             cursor.execute("SELECT pg_notify(%s, %s)", (CHANNEL, host))
         self.audit.record(decision)  # the replica's own log line, after the commit
         return True
@@ -218,12 +212,3 @@ class SharedLogins:
                 "AND decided_at < now() - make_interval(days => %s)",
                 (keep_days,),
             )
-
-    def waiting(self) -> int:
-        """How many logins wait across the fleet."""
-        with self.database.transaction() as cursor:
-            cursor.execute("SELECT count(*) FROM logins WHERE state <> 'done'")
-            return cursor.fetchone()[0]
-
-    def __len__(self) -> int:
-        return self.waiting()

@@ -1,7 +1,7 @@
 """The hub's registry, limits and trusted places in PostgreSQL: the same policy as one server's
 (gatekeeper.policy, check_refusal), with counters every replica shares."""
 
-from ..policy import PER_UID_FACTOR, RATE_WINDOW, SERVICE_SHARE, place
+from ..policy import PER_UID_FACTOR, RATE_WINDOW, SERVICE_SHARE, TRUST_SECONDS, place
 from ..registry import Registration
 from .database import Database
 
@@ -92,17 +92,26 @@ class SharedBudget:
             ("service", max(1, self.per_minute // HOST_SHARE), 60.0, "host = %(host)s"),
             ("service", self.per_minute, 60.0, "true"),
         ]
+        # One query: each limit's count in its window, and when its oldest event leaves it.
+        columns = []
+        for _, _, window, condition in checks:
+            within = f"{condition} AND at > now() - interval '{window:g} seconds'"
+            columns += [
+                f"count(*) FILTER (WHERE {within})",
+                f"extract(epoch FROM min(at) FILTER (WHERE {within}) "
+                f"+ interval '{window:g} seconds' - now())::float",
+            ]
+        query = (
+            f"SELECT {', '.join(columns)} FROM check_events "
+            f"WHERE at > now() - interval '{RATE_WINDOW:g} seconds'"
+        )
         values = {"user": user, "place": where, "host": host}
         with self.database.transaction() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", (BUDGET_LOCK,))
-            for which, limit, window, condition in checks:
-                cursor.execute(
-                    "SELECT count(*), extract(epoch FROM min(at) + make_interval(secs => %(w)s) "
-                    f"- now())::float FROM check_events WHERE {condition} "
-                    "AND at > now() - make_interval(secs => %(w)s)",
-                    {**values, "w": window},
-                )
-                count, wait = cursor.fetchone()
+            cursor.execute(query, values)
+            row = cursor.fetchone()
+            for index, (which, limit, _, _) in enumerate(checks):
+                count, wait = row[2 * index], row[2 * index + 1]
                 if count >= limit:
                     return which, int(wait or 0) + 1
             cursor.execute(
@@ -128,6 +137,17 @@ class HostBudget:
 
     def take(self, user: str, address: str, trusted: bool = False) -> tuple[str, int] | None:
         return self.budget.take(self.host, user, address, trusted)
+
+
+def remember_place(cursor, user: str, address: str) -> None:
+    """The phone approved this user from this place: trusted for TRUST_SECONDS (in the caller's
+    transaction, the one that stores the verdict)."""
+    cursor.execute(
+        "INSERT INTO trusted_places (user_name, place, until) VALUES "
+        "(%s, %s, now() + make_interval(secs => %s)) ON CONFLICT (user_name, place) "
+        "DO UPDATE SET until = excluded.until",
+        (user, place(address), TRUST_SECONDS),
+    )
 
 
 class SharedTrusted:
