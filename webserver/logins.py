@@ -61,13 +61,8 @@ def deny(reason: str, outcome: str = "denied") -> Verdict:
     return Verdict(False, outcome, reason)
 
 
-def new_nonce() -> str:
-    """A login's own value for its redirect_url (128 bits, URL-safe)."""
-    return secrets.token_urlsafe(16)
-
-
-def new_short_token() -> str:
-    """The one-time path of a login's short URL, /q/<token> (128 bits, URL-safe)."""
+def new_token() -> str:
+    """128 bits, URL-safe: a login's redirect_url nonce, or the path of its short URL /q/<token>."""
     return secrets.token_urlsafe(16)
 
 
@@ -89,7 +84,7 @@ class Login:
     whole_connection: bool = False  # auth-time mode: approving opens the connection, not a command
     host: str | None = None  # in a fleet: the host's enrolled name, shown on the phone
     uid: int | None = None  # the account's uid on its host (for the audit)
-    short_token: str = field(default_factory=new_short_token)  # /q/<token> redirects to check_url
+    short_token: str = field(default_factory=new_token)  # /q/<token> redirects to check_url
     page_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     device: bytes | None = None  # hash of the cookie of the first browser that opened the page
     code: str | None = None
@@ -170,7 +165,3 @@ class PendingLogins:
             login.verdict = verdict
             os.write(login.wake[1], b"!")  # under the lock: drop() closes the pipe under it too
         return True
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._logins)

@@ -87,6 +87,20 @@ def network_error(code: str | None) -> str:
     return NETWORK_ERRORS.get(code or "", NETWORK_OTHER)
 
 
+# What the phone's page says for each network error: fixed text, never the network's own words.
+NETWORK_PAGES = {
+    "not_mobile_ip": "The phone was not on mobile data.",
+    "ip_msisdn_mismatch": "This phone's mobile data is not the registered number's SIM.",
+    "mno_not_supported": "The registered number's mobile network does not support this check.",
+}
+NETWORK_PAGE_OTHER = "The mobile network could not confirm this phone's SIM."
+
+
+def network_page(code: str | None) -> str:
+    """What the phone's page says for a network error code (unknown codes share one sentence)."""
+    return NETWORK_PAGES.get(code or "", NETWORK_PAGE_OTHER)
+
+
 # What the phone's page says when a redirect is refused: one fixed sentence per reason, never
 # text from the request (a crafted link would otherwise put its words on our domain).
 SIGNATURE_REFUSALS = {

@@ -41,12 +41,6 @@ ENDED = (
     "This login has ended",
     "It was already approved or denied, it expired, or the SSH client left.",
 )
-# What the phone's page says for each network error: fixed text, never the network's own words.
-NETWORK_PAGES = {
-    "not_mobile_ip": "The phone was not on mobile data.",
-    "ip_msisdn_mismatch": "This phone's mobile data is not the registered number's SIM.",
-    "mno_not_supported": "The registered number's mobile network does not support this check.",
-}
 
 
 def _ctx():
@@ -259,7 +253,7 @@ def _network_failed(ctx, login: Login | None, code: str):
         ctx.logins.finish(login.check_id, deny(reasons.network_error(code)))
     return _page(
         "The network could not confirm your SIM",
-        NETWORK_PAGES.get(code, "The mobile network could not confirm this phone's SIM."),
+        reasons.network_page(code),
         200,
         advice="Turn off Wi-Fi so the phone uses mobile data, then scan again.",
     )

@@ -57,9 +57,6 @@ class HubClient:
         self._pooled.mount("http://", adapter)
         self._pooled.mount("https://", adapter)
 
-    def _session(self) -> requests.Session:
-        return self._pooled
-
     def post(self, path: str, body: dict, timeout: float, attempt: float | None = None) -> dict:
         """The JSON answer of the first replica that answers with a 2xx; HubUnavailable if none
         does (each replica tried once, starting from the one that last answered, each for
@@ -82,7 +79,7 @@ class HubClient:
                 **sign(self.key, self.host, "POST", path, data),
             }
             try:
-                response = self._session().post(
+                response = self._pooled.post(
                     url + path,
                     data=data,
                     headers=headers,

@@ -59,12 +59,6 @@ class VerdictListener:
             if not subscribers:
                 self._subscribers.pop(host, None)
 
-    def drop_connection(self) -> None:
-        """Close the LISTEN connection from outside (as a network or database failure would)."""
-        connection = self._connection
-        if connection is not None:
-            connection.pgconn.finish()  # the socket goes; the thread sees an error and reconnects
-
     def _wake(self, host: str | None) -> None:
         """Wake the long-polls of one host, or of every host (None: after a reconnect)."""
         with self._lock:
