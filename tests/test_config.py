@@ -68,6 +68,7 @@ user=alice:447700900123
         ("colour = blue", "line 2: unknown setting 'colour'"),
         ("failmode = open", "line 2: failmode must be one of secure, safe"),
         ("ttl = 5", "line 2: ttl must be at least 10"),
+        ("ttl = 4000", "line 2: ttl must be at most 3000"),
         ("ttl = soon", "line 2: ttl must be a number"),
         ("listen = 8080", "line 2: listen must be HOST:PORT"),
         ("require_signature = maybe", "line 2: require_signature must be true or false"),

@@ -14,6 +14,7 @@ from sshshim.protocol import DEFAULT_SOCKET
 from .errors import ExitCode, SshAuthError
 
 DEFAULT_CONFIG = "/etc/ssh-auth/ssh-auth.conf"
+MAX_TTL = 3000  # seconds; the PAM module takes a timeout= of at most 3600 (ttl + its margin)
 DEFAULT_CREDENTIALS = "/etc/ssh-auth/tru.json"
 DEFAULT_HOST_KEY = "/etc/ssh-auth/host.key"  # a fleet agent's Ed25519 key (ssh-auth fleet join)
 ROLES = ("standalone", "hub", "agent")
@@ -83,7 +84,7 @@ def _choice(*allowed: str):
     return parse
 
 
-def _number(minimum: float, kind=int):
+def _number(minimum: float, kind=int, maximum: float = math.inf):
     def parse(value: str):
         try:
             number = kind(value)
@@ -93,6 +94,8 @@ def _number(minimum: float, kind=int):
             raise ValueError("must be a finite number")
         if number < minimum:
             raise ValueError(f"must be at least {minimum}")
+        if number > maximum:
+            raise ValueError(f"must be at most {maximum}")
         return number
 
     return parse
@@ -294,7 +297,7 @@ PARSERS = {
     "require_signature": _boolean,
     "confirm_on_phone": _boolean,
     "number_match": _boolean,
-    "ttl": _number(10),
+    "ttl": _number(10, maximum=MAX_TTL),
     "poll_interval": _number(1, float),
     "tunnel": _choice("none", "ngrok"),
     "ngrok_path": _path,
