@@ -13,6 +13,7 @@ from sshshim.protocol import EVENT_STATUS
 
 from .. import reasons
 from ..audit import Audit, Decision, LogLimit
+from ..config import MAX_TTL
 from ..flow import CREATE_BUDGET, STATUS_EVERY, send
 from ..logins import ALLOWING, OUTCOMES, Caller, Verdict, deny
 from .hub_client import HubClient, HubUnavailable
@@ -21,7 +22,6 @@ log = logging.getLogger("ssh-auth.agent")
 AGENT_GRACE = 5.0  # past the check's expiry, the hub's EXPIRED should have come: deny
 LONG_POLL = 20.0  # seconds the hub may hold a verdict long-poll
 RETRY_AFTER = 0.5  # seconds between rounds of replicas when none answers
-MAX_TTL = 3600.0  # a hub's answer cannot keep a login waiting longer than this
 HUB_ALLOWING = ALLOWING - {"reused"}  # what a hub's verdict may open a login with
 UNAVAILABLE = {
     "unreachable": reasons.HUB_UNREACHABLE,
@@ -178,7 +178,7 @@ class HubGatekeeper:
         check_id, seconds = login.get("id"), login.get("seconds")
         if not (isinstance(check_id, str) and isinstance(seconds, int | float)):
             return None, deny(reasons.HUB_NO_ANSWER, "error")
-        seconds = min(max(0.0, float(seconds)), MAX_TTL)
+        seconds = min(max(0.0, float(seconds)), MAX_TTL)  # no hub keeps a login longer
         # The shim counts down on this host's clock, whatever the hub's says.
         challenge["expires_at"] = time.time() + seconds
         waiter = self.poller.add(check_id, time.monotonic() + seconds + AGENT_GRACE)
