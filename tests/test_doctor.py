@@ -52,11 +52,11 @@ def test_a_healthy_installation_is_all_ticks(setup):
         "✔ clock within",
         "✔ the webhook answers at",
         "✔ the service answers on",
-        "✔ sshd runs the phone check for every login",
-        "✔ disableforwarding yes",
-        "✔ permittunnel no",
-        "✔ permituserrc no",
-        "✔ permituserenvironment no",
+        "✔ sshd runs the phone check for every login (sshd -T)",
+        "✔ a login as nobody from 192.0.2.10: the phone check, with no forwarding, tunnel, user rc "
+        "or environment",
+        "✔ a login as nobody from 2001:db8::10: the phone check, with no forwarding, tunnel, user "
+        "rc or environment",
         "registered user(s), all exist",
         f"✔ /usr/bin/python3 is Python {PYTHON} (the shim needs 3.9 or later)",
         "✔ sshd accepts no environment variables from the client beyond LANG, LC_*, COLORTERM "
@@ -65,6 +65,20 @@ def test_a_healthy_installation_is_all_ticks(setup):
     ):
         assert line in out, out
     assert "⚠ sa-alice's .bashrc" in out and "run before the phone check" in out
+
+
+def test_forwarding_turned_off_by_its_own_keywords_is_all_ticks_as_install_judges_it(setup):
+    gate, root, config = setup
+    again = ssh_auth("install", "--root", str(root), "--config", str(config), "--allow-forwarding")
+    assert again.returncode == 0, again.stderr
+    prepend(root / "etc/ssh/sshd_config", "AllowTcpForwarding no\nAllowStreamLocalForwarding no\n")
+    status, out = doctor(config, root)
+    assert status == 0, out
+    assert "✗" not in out
+    assert (
+        "✔ a login as nobody from 192.0.2.10: the phone check, with no forwarding, tunnel, user rc "
+        "or environment"
+    ) in out.splitlines(), out
 
 
 PYTHON = subprocess.run(
@@ -167,14 +181,14 @@ BROKEN = [
     (
         "drop-in missing",
         lambda g, r, c: ssh_auth("uninstall", "--root", str(r)),
-        "✗ sshd does not run the phone check (ForceCommand is 'none')",
+        "✗ a login as nobody from 192.0.2.10 bypasses the phone check: ForceCommand is 'none'",
         "— fix: ssh-auth install, then reload sshd",
     ),
     (
         "forwarding allowed",
         lambda g, r, c: ssh_auth("install", "--root", str(r), "--config", str(c), "--allow-forwarding"),
-        "✗ disableforwarding is no: the phone check can be bypassed",
-        "— fix: set disableforwarding yes",
+        "✗ a login as nobody from 192.0.2.10 bypasses the phone check: DisableForwarding is no",
+        "— fix: ssh-auth install, then reload sshd",
     ),
     (
         "registered user missing",
@@ -329,6 +343,7 @@ def test_a_healthy_pam_installation_is_all_ticks(pam_setup):
     for line in (
         "✔ sshd asks every login for a key, then the phone (UsePAM yes, "
         "KbdInteractiveAuthentication yes, AuthenticationMethods publickey,keyboard-interactive:pam)",
+        "✔ a login as nobody from 192.0.2.10: a key, then the phone check",
         "✔ LoginGraceTime 180 s leaves time for a check of ttl 120 s",
         "✔ the PAM stack /etc/pam.d/sshd runs ssh-auth's module alone: auth required "
         f"pam_ssh_auth.so socket={gate.socket} timeout=150",

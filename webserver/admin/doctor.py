@@ -16,11 +16,10 @@ from ..config import ConfigError, Settings, load_credentials
 from ..errors import InstallError
 from ..phonecheck import PhoneCheckClient, PhoneCheckError, base_url_for
 from ..registry import entries
-from .dropin import forced_command
 from .exempt_networks import WHO, takes_in_server
 from .fleet_doctor import check_agent, check_hub
 from .layout import FORCECOMMAND, PAM
-from .pam_checks import check_pam, check_pam_login
+from .pam_checks import check_login_grace, check_pam
 from .pam_files import installed_mode
 from .proof import Verdict
 from .sshd import Sshd
@@ -28,12 +27,6 @@ from .system import read, shim_python_check
 
 LOW_BALANCE = 20
 MAX_SKEW = 30
-BYPASS = {
-    "disableforwarding": "yes",
-    "permittunnel": "no",
-    "permituserrc": "no",
-    "permituserenvironment": "no",
-}
 START_UP_FILES = (".bashrc", ".bash_profile", ".profile", ".zshenv", ".pam_environment")
 # Client-set variables sshd may accept: the locale and the terminal's colours, nothing that a
 # login shell or the dynamic loader acts on (ZDOTDIR, LD_PRELOAD, BASH_ENV...).
@@ -45,6 +38,12 @@ MATCH_FIX = (
     "change your sshd configuration (sshd takes a keyword's first value, and a Match block's "
     "over the global one)"
 )
+PLAIN_FIX = "ssh-auth install, then reload sshd"
+EVERY_LOGIN = {
+    FORCECOMMAND: "sshd runs the phone check for every login (sshd -T)",
+    PAM: "sshd asks every login for a key, then the phone (UsePAM yes, KbdInteractiveAuthentication "
+    "yes, AuthenticationMethods publickey,keyboard-interactive:pam)",
+}
 
 
 class Report:
@@ -204,12 +203,12 @@ def _check_sshd(report: Report, settings: Settings, root: str, mode: str) -> Non
     except (InstallError, OSError, ValueError) as error:
         report.bad(f"sshd's configuration cannot be proven: {error}", "sshd -t; ssh-auth install")
         return
-    if mode == PAM:
-        check_pam_login(report, verdicts[0].effective, settings.ttl)
-    else:
-        _check_plain_login(report, verdicts[0].effective, settings)
-    for verdict in verdicts[1:]:
+    for verdict in verdicts:
         _check_context(report, verdict, mode)
+    if not notes and not any(v.bypasses or v.still_gated for v in verdicts):
+        report.ok(EVERY_LOGIN[mode])
+    if mode == PAM:
+        check_login_grace(report, verdicts[0].effective, settings.ttl)
     for verdict in verdicts:
         if verdict.changes:
             report.bad(
@@ -233,31 +232,12 @@ def _check_sshd(report: Report, settings: Settings, root: str, mode: str) -> Non
         _check_accept_env(report, [v for v in verdicts if not v.exempt_network])
 
 
-def _check_plain_login(report: Report, effective: dict[str, str], settings: Settings) -> None:
-    forced = effective.get("forcecommand")
-    if forced == forced_command(settings.socket):
-        report.ok("sshd runs the phone check for every login (sshd -T)")
-    else:
-        report.bad(
-            f"sshd does not run the phone check (ForceCommand is {forced!r})",
-            "ssh-auth install, then reload sshd",
-        )
-    for keyword, wanted in BYPASS.items():
-        value = effective.get(keyword)
-        if value == wanted:
-            report.ok(f"{keyword} {value}")
-        else:
-            report.bad(
-                f"{keyword} is {value}: the phone check can be bypassed",
-                f"set {keyword} {wanted} (ssh-auth install does)",
-            )
-
-
 def _check_context(report: Report, verdict: Verdict, mode: str) -> None:
-    """One line for a login some Match block (or an exempt network) singles out."""
+    """One line for a login: a plain one, or one a Match block (or an exempt network) singles out."""
     label = verdict.context.label
     if verdict.bypasses:
-        report.bad(f"{label} bypasses the phone check: {', '.join(verdict.bypasses)}", MATCH_FIX)
+        fix = PLAIN_FIX if verdict.context.kind == "plain" else MATCH_FIX
+        report.bad(f"{label} bypasses the phone check: {', '.join(verdict.bypasses)}", fix)
     elif verdict.still_gated:
         report.bad(
             f"sshd still runs the phone check for the exempt network {verdict.exempt_network}",

@@ -19,7 +19,7 @@ from .pam_files import (
 from .pam_proof import stack_proof
 from .pam_service import service_refusal
 from .pam_stack import MODULE, OUR_LINE, login_grace_time
-from .proof import PAM_KEYWORDS, PAM_NEEDS, PROBE_ADDRESSES, grace_refusal
+from .proof import PROBE_ADDRESSES, grace_refusal
 from .sshd import Sshd
 from .system import SHOWN, read
 
@@ -32,22 +32,8 @@ PAM_SERVICE_NAME = (9, 8)  # OpenSSH's PAMServiceName: a PAM stack of our own, n
 NO_ENTER = (10, 3)  # from here the client needs no Enter after the phone approved
 
 
-def check_pam_login(report, effective: dict[str, str], ttl: int) -> None:
-    """A plain login: a key, then keyboard-interactive through PAM, with time for the phone."""
-    wrong = [
-        f"{PAM_KEYWORDS[key]} {effective.get(key, '(unset)')}"
-        for key, wanted in PAM_NEEDS.items()
-        if effective.get(key) != wanted
-    ]
-    if wrong:
-        report.bad(
-            f"sshd does not ask for the phone during authentication ({', '.join(wrong)})", INSTALL_FIX
-        )
-    else:
-        report.ok(
-            "sshd asks every login for a key, then the phone (UsePAM yes, "
-            "KbdInteractiveAuthentication yes, AuthenticationMethods publickey,keyboard-interactive:pam)"
-        )
+def check_login_grace(report, effective: dict[str, str], ttl: int) -> None:
+    """sshd's LoginGraceTime leaves the person time to answer on the phone."""
     grace = grace_refusal(effective, ttl)
     if grace:
         report.bad(
