@@ -198,8 +198,9 @@ def _check_socket(report: Report, settings: Settings) -> None:
 
 def _check_sshd(report: Report, settings: Settings, root: str, mode: str) -> None:
     sshd = Sshd(Path(root))
+    exempt = sshd.installed_exempt_networks()
     try:
-        verdicts, notes = sshd.prove(settings.socket, sshd.installed_exempt_networks(), mode=mode)
+        verdicts, notes = sshd.prove(settings.socket, exempt, mode=mode)
     except (InstallError, OSError, ValueError) as error:
         report.bad(f"sshd's configuration cannot be proven: {error}", "sshd -t; ssh-auth install")
         return
@@ -221,7 +222,7 @@ def _check_sshd(report: Report, settings: Settings, root: str, mode: str) -> Non
             f"{note}, so what sshd gives such a login is not proven",
             "change the Match line (a group needs a member to prove it with)",
         )
-    for network in sshd.installed_exempt_networks():
+    for network in exempt:
         what = takes_in_server(network)
         if what:
             report.warn(

@@ -52,9 +52,15 @@ def check_pam(report, settings, root: Path) -> None:
     if _check_stack(report, root, text, settings.socket):
         _check_proof(report, root)
     _check_module(report, root, our_module(text or "") or MODULE)
-    _check_openssh(report, Sshd(root).version())
-    _check_service(report, root)
-    _check_pam_root(report, root, settings.pam_root)
+    sshd = Sshd(root)
+    _check_openssh(report, sshd.version())
+    try:
+        for_root = sshd.effective(PROBE_ADDRESSES[0], "root")
+    except (InstallError, OSError) as error:
+        report.bad(f"sshd's settings for a login as root cannot be read: {error}", "sshd -t")
+        return
+    _check_service(report, root, for_root)
+    _check_pam_root(report, for_root, settings.pam_root)
 
 
 def _check_stack(report, root: Path, text: str | None, socket: str) -> bool:
@@ -139,26 +145,18 @@ def _check_openssh(report, version: tuple[int, int] | None) -> None:
     report.ok(f"OpenSSH {version[0]}.{version[1]}: {'; '.join(notes)}")
 
 
-def _check_service(report, root: Path) -> None:
+def _check_service(report, root: Path, for_root: dict[str, str]) -> None:
     """sshd reads the stack we edit (OpenSSH before 9.8 takes its PAM service from its name)."""
-    try:
-        refusal = service_refusal(root, Sshd(root).effective(PROBE_ADDRESSES[0], "root"))
-    except (InstallError, OSError) as error:
-        report.bad(f"sshd's PAM service cannot be read: {error}", "sshd -t")
-        return
+    refusal = service_refusal(root, for_root)
     if refusal:
         report.bad(refusal, "start sshd as sshd (or ssh-auth install --mode forcecommand)")
     else:
         report.ok(f"sshd reads the PAM stack /{PAM_STACK}: nothing starts it under another name")
 
 
-def _check_pam_root(report, root: Path, pam_root: str) -> None:
+def _check_pam_root(report, for_root: dict[str, str], pam_root: str) -> None:
     """The service's pam_root against what sshd lets root do (PermitRootLogin)."""
-    try:
-        login = Sshd(root).effective(PROBE_ADDRESSES[0], "root").get("permitrootlogin", "")
-    except (InstallError, OSError) as error:
-        report.bad(f"sshd's PermitRootLogin cannot be read: {error}", "sshd -t")
-        return
+    login = for_root.get("permitrootlogin", "")
     shown = SHOWN.get(login, login)
     if login == "yes" and pam_root == "deny":
         report.bad(

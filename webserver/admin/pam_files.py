@@ -219,10 +219,8 @@ def auth_lines(root: Path, text: str, depth: int = 0) -> list[str]:
 
 
 def stack_refusal(root: Path, text: str) -> str | None:
-    """Why sshd's PAM stack would not run our module alone (None: it would)."""
-    problem = stack_problem(root, text)  # install and doctor ask first, with their own advice
-    if problem:
-        return problem
+    """Why sshd's PAM stack would not run our module alone (None: it would). Only for a stack
+    stack_problem finds nothing in (install and doctor ask it first, with their own advice)."""
     found = auth_lines(root, text)
     if not any(OUR_LINE.match(line) for line in found):
         return f"the PAM stack /{PAM_STACK} has no line for ssh-auth's module"
