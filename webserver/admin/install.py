@@ -1,8 +1,6 @@
 """The install transaction: plan every file, write, prove, roll back on failure; and uninstall."""
 
-import difflib
 import ipaddress
-import json
 import re
 import sys
 from dataclasses import dataclass, replace
@@ -10,7 +8,6 @@ from pathlib import Path
 
 from ..config import Settings, load_credentials
 from ..errors import InstallError
-from ..files import atomic_write
 from ..registry import RegistryError, check_username, normalise_phone, parse_entry
 from .dropin import render_dropin, render_pam_dropin, split_at_match
 from .exempt_networks import WHO, takes_in_server
@@ -44,7 +41,7 @@ from .pam_files import (
 from .pam_proof import stack_proof
 from .pam_service import service_refusal
 from .proof import BYPASS_ADVICE, PROBE_ADDRESSES, grace_refusal
-from .root import Change, FileState, ServerRoot, owner_ids
+from .root import Change, FileState, ServerRoot, diff, owner_ids, remove_if_empty
 from .shim_build import archive as shim_archive
 from .sshd import Sshd
 from .system import (
@@ -224,26 +221,21 @@ class Installer(ServerRoot):
             return False
         if options.dry_run:
             for change in todo:
-                self.say(_diff(change.path, self.read(change.path), change.data))
+                self.say(diff(change.path, self.read(change.path), change.data))
             return True
         created_user = passwd_entry(self.root, SERVICE_USER) is None
         uids = ensure_service_account(self.root, self.say)
         priors = {c.path: self.state(c.path) for c in todo}
-        new_dirs = sorted(
-            {
-                str(d.relative_to(self.root))
-                for c in todo
-                for d in self.path(c.path).parents
-                if d.is_relative_to(self.root) and d != self.root and not d.exists()
-            }
-        )
+        new_dirs = sorted({d for p in [*priors, MANIFEST] for d in self.missing_parents(p)})
         try:
             for change in todo:
-                self._apply(change, uids)
+                self.put(change.path, change.state(uids))
             self._validate(changes, options)
-            self._record(priors, new_dirs, created_user)
+            self.record(priors, new_dirs, created_user)
         except BaseException:
-            self._restore(priors)
+            for relative, prior in priors.items():  # bytes, mode, owner and group, as they were
+                self.put(relative, prior)
+            self.say("restored every file to what it was before")
             for directory in sorted(new_dirs, key=len, reverse=True):
                 remove_if_empty(self.path(directory))
             raise
@@ -307,44 +299,6 @@ class Installer(ServerRoot):
         elif not options.exempt_networks:
             refuse_lockout(self.root, config_text)
 
-    def _apply(self, change: Change, uids: tuple[int, int]) -> None:
-        target = self.path(change.path)
-        if change.data is None:
-            target.unlink(missing_ok=True)
-            return
-        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        atomic_write(str(target), change.data, change.mode, *owner_ids(change, uids))
-
-    def _restore(self, priors: dict[str, FileState | None]) -> None:
-        """Every file exactly as it was: bytes, mode, owner and group (the service reads some)."""
-        for relative, prior in priors.items():
-            target = self.path(relative)
-            if prior is None:
-                target.unlink(missing_ok=True)
-            else:
-                atomic_write(str(target), prior.data, prior.mode, prior.uid, prior.gid)
-        if priors:
-            self.say("restored every file to what it was before")
-
-    def _record(
-        self, priors: dict[str, FileState | None], new_dirs: list[str], created_user: bool
-    ) -> None:
-        """Remember what was there before the first install, for uninstall."""
-        manifest = self.manifest() or {"files": {}, "dirs": [], "created_user": False}
-        for relative, prior in priors.items():
-            manifest["files"].setdefault(relative, None if prior is None else prior.recorded())
-        target = self.path(MANIFEST)
-        for directory in [
-            str(d.relative_to(self.root))
-            for d in target.parents
-            if d.is_relative_to(self.root) and d != self.root and not d.exists()
-        ]:
-            new_dirs.append(directory)
-        manifest["dirs"] = sorted(set(manifest["dirs"]) | set(new_dirs))
-        manifest["created_user"] = manifest["created_user"] or created_user
-        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        atomic_write(str(target), json.dumps(manifest, indent=1).encode(), 0o600)
-
     # --- validation --------------------------------------------------------------------
 
     def _sshd_valid_before(self) -> None:
@@ -402,28 +356,3 @@ def _refuse_exempting_the_server(networks: tuple[str, ...]) -> None:
                 f"refusing to install: the exempt network {shown} takes in {what}: {WHO} would log "
                 "in there without the phone. Leave it out, or pass --force."
             )
-
-
-def remove_if_empty(directory: Path) -> None:
-    """rmdir, if nothing is in it (what is left was not ours to remove)."""
-    try:
-        directory.rmdir()
-    except OSError:
-        pass  # not empty, or gone: either way not ours to remove
-
-
-def _diff(relative: str, old: bytes | None, new: bytes | None) -> str:
-    if b"\0" in (old or b"") + (new or b"") or relative.endswith(".pyz"):
-        action = "would be removed" if new is None else f"would be written ({len(new)} bytes)"
-        return f"/{relative}: {action}"
-    return (
-        "".join(
-            difflib.unified_diff(
-                (old or b"").decode().splitlines(keepends=True),
-                (new or b"").decode().splitlines(keepends=True),
-                fromfile=f"/{relative}" if old is not None else "/dev/null",
-                tofile=f"/{relative}" if new is not None else "/dev/null",
-            )
-        )
-        or f"/{relative}: mode or owner only"
-    )

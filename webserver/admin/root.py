@@ -1,12 +1,15 @@
-"""A server's files under a root ('/' on a server): read with their mode and owner, the changes
-install plans to them, and the manifest of what it changed (for rollback and uninstall)."""
+"""A server's files under a root ('/' on a server): read and written with their mode and owner,
+the changes install plans to them, and the manifest of what it changed (for rollback and
+uninstall)."""
 
 import base64
+import difflib
 import json
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import atomic_write
 from .layout import MANIFEST, SERVICE_USER
 
 
@@ -51,6 +54,12 @@ class Change:
             return cls(path, None)
         prior = FileState.from_record(recorded, current)
         return cls(path, prior.data, prior.mode, prior.uid, prior.gid)
+
+    def state(self, service: tuple[int, int]) -> FileState | None:
+        """The file as this change leaves it (None: removed), the service user's ids given."""
+        if self.data is None:
+            return None
+        return FileState(self.data, self.mode, *owner_ids(self, service))
 
 
 def owner_ids(change: Change, service: tuple[int, int] | None) -> tuple[int, int] | None:
@@ -98,3 +107,55 @@ class ServerRoot:
         """What install recorded before its first change, or None."""
         data = self.read(MANIFEST)
         return json.loads(data) if data else None
+
+    def put(self, relative: str, state: FileState | None) -> None:
+        """The file exactly as `state` has it (bytes, mode, owner and group); None: removed."""
+        target = self.path(relative)
+        if state is None:
+            target.unlink(missing_ok=True)
+            return
+        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        atomic_write(str(target), state.data, state.mode, state.uid, state.gid)
+
+    def missing_parents(self, relative: str) -> list[str]:
+        """The directories above a file, under the root, that writing it would create."""
+        return [
+            str(d.relative_to(self.root))
+            for d in self.path(relative).parents
+            if d.is_relative_to(self.root) and d != self.root and not d.exists()
+        ]
+
+    def record(self, priors: dict[str, FileState | None], new_dirs: list[str], created_user: bool):
+        """Remember what was there before the first install (and what it created), for uninstall."""
+        manifest = self.manifest() or {"files": {}, "dirs": [], "created_user": False}
+        for relative, prior in priors.items():
+            manifest["files"].setdefault(relative, None if prior is None else prior.recorded())
+        manifest["dirs"] = sorted(set(manifest["dirs"]) | set(new_dirs))
+        manifest["created_user"] = manifest["created_user"] or created_user
+        self.put(MANIFEST, FileState(json.dumps(manifest, indent=1).encode(), 0o600, 0, 0))
+
+
+def remove_if_empty(directory: Path) -> None:
+    """rmdir, if nothing is in it (what is left was not ours to remove)."""
+    try:
+        directory.rmdir()
+    except OSError:
+        pass  # not empty, or gone: either way not ours to remove
+
+
+def diff(relative: str, old: bytes | None, new: bytes | None) -> str:
+    """What a dry run shows for one file: a unified diff, or a line for a binary file."""
+    if b"\0" in (old or b"") + (new or b"") or relative.endswith(".pyz"):
+        action = "would be removed" if new is None else f"would be written ({len(new)} bytes)"
+        return f"/{relative}: {action}"
+    return (
+        "".join(
+            difflib.unified_diff(
+                (old or b"").decode().splitlines(keepends=True),
+                (new or b"").decode().splitlines(keepends=True),
+                fromfile=f"/{relative}" if old is not None else "/dev/null",
+                tofile=f"/{relative}" if new is not None else "/dev/null",
+            )
+        )
+        or f"/{relative}: mode or owner only"
+    )

@@ -3,12 +3,12 @@
 import os
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ..files import atomic_write
-from .install import remove_if_empty
 from .layout import MANIFEST, SERVICE_USER, SSHD_CONFIG, TUTORIAL_BACKUP, TUTORIAL_FORCECOMMAND
-from .root import FileState, ServerRoot
+from .root import FileState, ServerRoot, remove_if_empty
 from .sshd import Sshd
 
 
@@ -20,8 +20,9 @@ class Uninstaller(ServerRoot):
         manifest = self.manifest() or {}
         touched = dict(manifest.get("files", {}))
         backup = self._backup([*touched, TUTORIAL_BACKUP])
-        for relative, recorded in touched.items():
-            self._give_back(relative, recorded)
+        for relative, recorded in touched.items():  # as recorded before the first install
+            prior = None if recorded is None else FileState.from_record(recorded, self.state(relative))
+            self.put(relative, prior)
         self._remove_tutorial_leftovers()
         self.path(MANIFEST).unlink(missing_ok=True)
         for directory in sorted(manifest.get("dirs", []), key=len, reverse=True):
@@ -60,28 +61,12 @@ class Uninstaller(ServerRoot):
             atomic_write(str(backup / relative), current.data, current.mode, current.uid, current.gid)
         return backup if saved else None
 
-    def _give_back(self, relative: str, recorded: dict | str | None) -> None:
-        """One file as the manifest recorded it before the first install (or remove it)."""
-        target = self.path(relative)
-        if recorded is None:
-            target.unlink(missing_ok=True)
-            return
-        prior = FileState.from_record(recorded, self.state(relative))
-        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        atomic_write(str(target), prior.data, prior.mode, prior.uid, prior.gid)
-
     def _remove_tutorial_leftovers(self) -> None:
         sshd_config = self.state(SSHD_CONFIG)
         if sshd_config is not None:
             cleaned = TUTORIAL_FORCECOMMAND.sub("", sshd_config.data.decode()).encode()
             if cleaned != sshd_config.data:
-                atomic_write(
-                    str(self.path(SSHD_CONFIG)),
-                    cleaned,
-                    sshd_config.mode,
-                    sshd_config.uid,
-                    sshd_config.gid,
-                )
+                self.put(SSHD_CONFIG, replace(sshd_config, data=cleaned))
                 self.say("removed the tutorial's ForceCommand from sshd_config")
         if self.read(TUTORIAL_BACKUP) is not None:
             self.path(TUTORIAL_BACKUP).unlink()
