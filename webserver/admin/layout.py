@@ -39,6 +39,7 @@ PAM_MODULE_DIRS = (
 FORCECOMMAND, PAM = "forcecommand", "pam"  # the install modes: the shim, or the PAM module
 MODES = (FORCECOMMAND, PAM)
 
+SSHD = "/usr/sbin/sshd"  # OpenSSH's server: what install and doctor run (-t, -T, -V) and look for
 SHIM_PYTHON = "/usr/bin/python3"  # the system interpreter every login user can run
 SHIM_PYTHON_MIN = (3, 9)
 SHIM_PYTHON_CLAIM = "Debian 11+, Ubuntu 22.04+, RHEL 9+"

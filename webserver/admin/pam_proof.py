@@ -15,10 +15,10 @@ from sshshim.protocol import EVENT_VERDICT, MAX_LINE, OP_PAM_LOGIN, ProtocolErro
 
 from .layout import PAM_DIR, PAM_STACK, VENDOR_PAM_DIR
 from .pam_files import module_path
+from .pam_service import SERVICE
 from .pam_stack import MODULE
+from .proof import PLAIN_USER, PROBE_ADDRESSES
 
-SERVICE = "sshd"  # the PAM service OpenSSH 9.2 uses when run as sshd
-PROBE_USER, PROBE_RHOST = "nobody", "192.0.2.10"
 TIMEOUT = 30  # seconds for one run: the module waits at most 10 s for the service's first line
 PAM_TTY, PAM_RHOST, PAM_FAIL_DELAY = 3, 4, 10
 PAM_SUCCESS, PAM_CONV_ERR = 0, 19
@@ -190,11 +190,11 @@ def child(confdir: str) -> dict:
     conversation = _Conversation(_CONVERSE(converse), None)
     no_delay = _NO_DELAY(lambda *_: None)  # no pause after a failure (pam_unix asks for 2 s)
     handle = ctypes.c_void_p()
-    user, conv = PROBE_USER.encode(), ctypes.byref(conversation)
+    user, conv = PLAIN_USER.encode(), ctypes.byref(conversation)
     code = libpam.pam_start_confdir(SERVICE.encode(), user, conv, confdir.encode(), ctypes.byref(handle))
     if code != PAM_SUCCESS:
         return {"started": False, "code": code, "said": libpam.pam_strerror(None, code).decode()}
-    libpam.pam_set_item(handle, PAM_RHOST, PROBE_RHOST.encode())
+    libpam.pam_set_item(handle, PAM_RHOST, PROBE_ADDRESSES[0].encode())
     libpam.pam_set_item(handle, PAM_TTY, b"ssh")
     libpam.pam_set_item(handle, PAM_FAIL_DELAY, ctypes.cast(no_delay, ctypes.c_void_p))
     code = libpam.pam_authenticate(handle, 0)

@@ -5,13 +5,12 @@ import os
 import shlex
 from pathlib import Path
 
-from .layout import PAM_DIR, PAM_STACK
+from .layout import PAM_DIR, PAM_STACK, SSHD
 from .system import read
 
 SERVICE = PAM_STACK.rsplit("/", 1)[1]
 UNITS = ("ssh.service", "sshd.service")
 UNIT_DIRS = ("etc/systemd/system", "run/systemd/system", "usr/lib/systemd/system", "lib/systemd/system")
-SSHD = "/usr/sbin/sshd"
 
 
 def service_refusal(root: Path, effective: dict[str, str]) -> str | None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InstallError
-from .layout import DROPIN, OUR_BLOCKS, SSHD_CONFIG
+from .layout import DROPIN, OUR_BLOCKS, SSHD, SSHD_CONFIG
 from .pam_service import SERVICE
 from .pam_stack import GRACE_MARGIN, login_grace_time
 
@@ -152,7 +152,7 @@ class Context:
 def sshd_settings(config: str, context: Context) -> dict[str, str]:
     """`sshd -T -C` for one login: keyword -> value (repeated keywords joined by spaces)."""
     result = subprocess.run(
-        ["/usr/sbin/sshd", "-T", "-f", config, "-C", context.spec()], capture_output=True, text=True
+        [SSHD, "-T", "-f", config, "-C", context.spec()], capture_output=True, text=True
     )
     if result.returncode:
         error = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from .dropin import forced_command
-from .layout import DROPIN, FORCECOMMAND, OUR_BLOCKS, PAM, SSHD_CONFIG
+from .layout import DROPIN, FORCECOMMAND, OUR_BLOCKS, PAM, SSHD, SSHD_CONFIG
 from .proof import (
     PLAIN_USER,
     Context,
@@ -32,9 +32,7 @@ class Sshd:
         # sshd -t insists on its privilege separation directory, which only its own unit makes.
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
         with SshdConfigCopy(self.root, ours=True) as copy:
-            result = subprocess.run(
-                ["/usr/sbin/sshd", "-t", "-f", copy.top], capture_output=True, text=True
-            )
+            result = subprocess.run([SSHD, "-t", "-f", copy.top], capture_output=True, text=True)
         if result.returncode == 0:
             return None
         return result.stderr.strip() or f"exit {result.returncode}"
@@ -70,7 +68,7 @@ class Sshd:
 
     def version(self) -> tuple[int, int] | None:
         """OpenSSH's version (major, minor) from `sshd -V`, else `ssh -V`; None if neither says."""
-        for argv in (["/usr/sbin/sshd", "-V"], ["ssh", "-V"]):
+        for argv in ([SSHD, "-V"], ["ssh", "-V"]):
             try:
                 result = subprocess.run(argv, capture_output=True, text=True, timeout=10)
             except (OSError, subprocess.TimeoutExpired):
