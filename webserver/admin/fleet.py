@@ -6,6 +6,7 @@ import getpass
 import os
 import pwd
 import sys
+from contextlib import closing
 
 import requests
 from cryptography.hazmat.primitives import serialization
@@ -26,22 +27,19 @@ def hub_settings(config: str) -> Settings:
     return settings
 
 
-def database(config: str):
-    """The hub's database, from its settings."""
+def database(settings: Settings):
+    """The hub's database, from its settings (closed by the caller)."""
     from ..fleet.database import Database
 
-    return Database(hub_settings(config).database_url, max_size=2)
+    return Database(settings.database_url, max_size=2)
 
 
 def init_db(args) -> int:
     """Create or migrate the schema; running it again changes nothing."""
     from ..fleet.schema import LATEST, migrate
 
-    db = database(args.config)
-    try:
+    with closing(database(hub_settings(args.config))) as db:
         applied = migrate(db)
-    finally:
-        db.close()
     if applied:
         print(f"database schema at version {LATEST} (applied {', '.join(map(str, applied))})")
     else:
@@ -56,11 +54,8 @@ def add_host(args) -> int:
     if not HOST_NAME.fullmatch(args.name):
         raise ConfigError(f"host name {args.name!r}: use 1-63 letters, digits, '.', '_' or '-'")
     settings = hub_settings(args.config)
-    db = database(args.config)
-    try:
+    with closing(database(settings)) as db:
         token = Hosts(db).add(args.name)
-    finally:
-        db.close()
     print(f"invited {args.name}; its one-time enrolment token (valid {ENROL_HOURS} h):")
     print(f"  {token}")
     print(f"on that host, run `ssh-auth fleet join {settings.public_url or 'HUB_URL'}` and paste it")
@@ -74,11 +69,8 @@ def revoke_host(args) -> int:
     from ..fleet.hub import Hub
 
     settings = hub_settings(args.config)
-    db = database(args.config)
-    try:
+    with closing(database(settings)) as db:
         denied = Hub(settings, db, None, Audit()).revoke(args.name)  # no API call, no sweep
-    finally:
-        db.close()
     print(f"revoked {args.name}" + (f"; denied its {denied} waiting logins" if denied else ""))
     return 0
 
@@ -87,11 +79,8 @@ def list_hosts(args) -> int:
     """Every host and its state: invited, joined or revoked."""
     from ..fleet.hosts import Hosts
 
-    db = database(args.config)
-    try:
+    with closing(database(hub_settings(args.config))) as db:
         hosts = Hosts(db).all()
-    finally:
-        db.close()
     for host in hosts:
         since = host.revoked_at or host.joined_at or host.created_at
         print(f"{host.name}\t{host.state}\tsince {since:%Y-%m-%d %H:%M}")
@@ -108,9 +97,9 @@ def join(args) -> int:
         (hub_url,) = PARSERS["hub_urls"](args.hub_url)
     except ValueError as error:
         raise ConfigError(f"{args.hub_url}: {error}") from None
-    Settings.load(args.config)  # the file must be a valid configuration before it is changed
+    settings = Settings.load(args.config)  # a valid configuration before it is changed
     token = args.token or _read_token()
-    key_path = args.host_key or Settings.load(args.config).host_key
+    key_path = args.host_key or settings.host_key
     key = _host_key(key_path)
     public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     try:
