@@ -416,7 +416,10 @@ PAM_EXTERN int pam_sm_authenticate(pam_handle_t *pamh, int flags, int argc, cons
     }
     free(r);
     free(request);
-    return rc == PAM_SUCCESS ? PAM_SUCCESS : PAM_AUTH_ERR;
+    if (rc == PAM_SUCCESS) {
+        return PAM_SUCCESS;
+    }
+    return PAM_AUTH_ERR;
 }
 
 /* sshd calls setcred after authentication: a lone module that failed it would fail the login. */
