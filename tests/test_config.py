@@ -122,7 +122,8 @@ def test_registry_reloads_on_change_and_marks_malformed_entries(tmp_path):
     assert registry.lookup("bob") == Registration(None, None, malformed=True)
     assert registry.lookup("carol") == Registration()
     # Nor a line with no ':' at all: a space, a ';' or no number where the ':' should be.
-    for typo in ("user=carol 447700900123", "user = carol;447700900123", "user=carol"):
+    typos = ("user=carol 447700900123", "user = carol;447700900123", "user=carol", "user=carol#x")
+    for typo in typos:
         path.write_text(BASE + typo + "\n")
         assert registry.lookup("carol") == Registration(None, None, malformed=True), typo
     path.write_text(BASE + "user=bob:447700900456\n")

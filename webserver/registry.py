@@ -14,7 +14,8 @@ from .files import atomic_write, locked
 USERNAME = re.compile(r"[a-z_][a-z0-9_.-]{0,31}\$?", re.IGNORECASE)
 PHONE_PUNCTUATION = re.compile(r"[\s().-]")
 E164_DIGITS = re.compile(r"[1-9][0-9]{6,14}")
-CLAIMED_OWNER = re.compile(r"\s*user\s*=\s*([^\s:;,]+)")  # the name a `user=` line starts with
+# The account name a `user=` line starts with, however the rest of the line is damaged.
+CLAIMED_OWNER = re.compile(r"\s*user\s*=\s*([a-z_][a-z0-9_.-]{0,31}\$?)", re.IGNORECASE)
 log = logging.getLogger("ssh-auth.registry")
 
 
